@@ -1,0 +1,39 @@
+# wardgate: `make run` starts the gateway, `make test` runs every test. Both do all set-up first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+BIN_DIR := .bin
+OPA_VERSION := v1.22.3
+export PATH := $(CURDIR)/$(BIN_DIR):$(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: run test setup opa node policy-test clean
+
+setup: $(VENV)/.installed opa
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install -q --upgrade pip
+	@$(PY) -m pip install -q -e '.[test]'
+	@touch $@
+
+opa:
+	@OPA_VERSION=$(OPA_VERSION) BIN_DIR=$(BIN_DIR) scripts/install-opa.sh
+
+node: tests/node/node_modules/.installed
+
+tests/node/node_modules/.installed: tests/node/package.json tests/node/package-lock.json
+	@cd tests/node && npm ci --silent --no-audit --no-fund
+	@touch $@
+
+run: setup
+	@$(VENV)/bin/wardgate up
+
+policy-test: setup
+	@$(VENV)/bin/wardgate policy test
+
+test: setup node
+	@scripts/postgres.sh $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) $(BIN_DIR) tests/node/node_modules

@@ -1,0 +1,183 @@
+"""The admin HTTP API (aiohttp): its own listener, admin credentials only, never agent tokens.
+
+Public, unauthenticated: ``/healthz``, ``/readyz``, ``/.well-known/jwks.json``, ``/metrics``,
+``/openapi.json``. Everything under ``/v1/`` needs ``Authorization: Bearer <admin token>``.
+Errors use the same body as the proxy (:func:`wardgate.gateway.errors.to_response`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from . import admin_token
+from .agents import AgentRegistry
+from .audit import AuditQuery, AuditWriter, query_records
+from .errors import AdminAuthError, BadRequest, NotFound, WardgateError, to_response
+from .keys import KeyRing
+from .settings import Settings, parse_duration
+
+
+@dataclass
+class AdminState:
+    settings: Settings
+    keys: KeyRing
+    registry: AgentRegistry
+    audit: AuditWriter
+    token: str
+    ready: Callable[[], Awaitable[bool]]
+
+
+STATE = web.AppKey("state", AdminState)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _error(error: WardgateError) -> web.Response:
+    rendered = to_response(error)
+    return web.Response(status=rendered.status, body=rendered.body, headers=rendered.headers)
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except WardgateError as error:
+        return _error(error)
+    except web.HTTPException as exc:
+        if exc.status >= 400:
+            code = "not_found" if exc.status == 404 else "method_not_allowed" if exc.status == 405 else "bad_request"
+            error = WardgateError(exc.reason, code=code)
+            rendered = to_response(error)
+            return web.Response(status=exc.status, body=rendered.body, headers=rendered.headers)
+        raise
+
+
+@web.middleware
+async def admin_auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path.startswith("/v1/"):
+        if not admin_token.matches(request.headers.get("Authorization"), request.app[STATE].token):
+            raise AdminAuthError("an admin credential is required")
+    return await handler(request)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    ready = await request.app[STATE].ready()
+    return web.json_response({"ready": ready}, status=200 if ready else 503)
+
+
+async def jwks(request: web.Request) -> web.Response:
+    return web.json_response(request.app[STATE].keys.jwks(), headers={"Cache-Control": "max-age=60"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    lines = [
+        "# HELP wardgate_audit_queue_depth Audit records queued but not yet committed.",
+        "# TYPE wardgate_audit_queue_depth gauge",
+        f"wardgate_audit_queue_depth {state.audit.pending}",
+    ]
+    return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
+
+
+async def list_agents(request: web.Request) -> web.Response:
+    agents = await asyncio.to_thread(request.app[STATE].registry.list)
+    return web.json_response({"agents": [a.as_dict() for a in agents]})
+
+
+async def create_agent(request: web.Request) -> web.Response:
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise BadRequest("body must be JSON") from None
+    if not isinstance(body, dict) or not isinstance(body.get("name"), str) or not isinstance(body.get("tenant"), str):
+        raise BadRequest("body needs string fields name and tenant")
+    scopes = body.get("scopes", [])
+    if not isinstance(scopes, list) or not all(isinstance(s, str) for s in scopes):
+        raise BadRequest("scopes must be a list of strings")
+    owner = body.get("owner", "")
+    registry = request.app[STATE].registry
+    agent = await asyncio.to_thread(registry.create, body["name"], body["tenant"], scopes, str(owner))
+    return web.json_response(agent.as_dict(), status=201)
+
+
+async def get_agent(request: web.Request) -> web.Response:
+    agent = await asyncio.to_thread(request.app[STATE].registry.get, request.match_info["name"])
+    return web.json_response(agent.as_dict())
+
+
+async def audit_records(request: web.Request) -> web.Response:
+    params = request.query
+    try:
+        limit = int(params.get("limit", "100"))
+        since = parse_duration(params["since"]) if "since" in params else None
+    except ValueError:
+        raise BadRequest("limit must be an integer and since a duration like 2h") from None
+    query = AuditQuery(
+        agent=params.get("agent"),
+        user=params.get("user"),
+        tenant=params.get("tenant"),
+        host=params.get("host"),
+        call_id=params.get("call_id"),
+        since=time.time() - since if since is not None else None,
+        limit=limit,
+    )
+    records = await asyncio.to_thread(query_records, request.app[STATE].settings.audit_db, query)
+    if query.call_id and not records:
+        raise NotFound("no audit record with that call id", code="audit_record_not_found")
+    return web.json_response({"records": records})
+
+
+OPENAPI = {
+    "openapi": "3.1.0",
+    "info": {"title": "wardgate admin API", "version": "1"},
+    "components": {
+        "securitySchemes": {"admin": {"type": "http", "scheme": "bearer"}},
+    },
+    "paths": {
+        "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "alive"}}}},
+        "/readyz": {"get": {"summary": "Readiness (OPA reachable, audit writer running)",
+                            "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}}}},
+        "/.well-known/jwks.json": {"get": {"summary": "Public keys that verify wardgate tokens",
+                                           "responses": {"200": {"description": "JWK set"}}}},
+        "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "metrics"}}}},
+        "/v1/agents": {
+            "get": {"security": [{"admin": []}], "responses": {"200": {"description": "agents"}}},
+            "post": {"security": [{"admin": []}], "responses": {"201": {"description": "created"},
+                                                               "400": {"description": "invalid"}}},
+        },
+        "/v1/agents/{name}": {"get": {"security": [{"admin": []}],
+                                      "parameters": [{"name": "name", "in": "path", "required": True,
+                                                      "schema": {"type": "string"}}],
+                                      "responses": {"200": {"description": "agent"},
+                                                    "404": {"description": "unknown"}}}},
+        "/v1/audit/records": {"get": {"security": [{"admin": []}], "responses": {"200": {"description": "records"}}}},
+    },
+}
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(OPENAPI)
+
+
+def build_app(state: AdminState) -> web.Application:
+    app = web.Application(middlewares=[errors_middleware, admin_auth_middleware], client_max_size=1 << 20)
+    app[STATE] = state
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/.well-known/jwks.json", jwks)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/openapi.json", openapi)
+    app.router.add_get("/v1/agents", list_agents)
+    app.router.add_post("/v1/agents", create_agent)
+    app.router.add_get("/v1/agents/{name}", get_agent)
+    app.router.add_get("/v1/audit/records", audit_records)
+    return app

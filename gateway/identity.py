@@ -1,0 +1,217 @@
+"""Agent identity: minting and verifying the signed token an agent presents to the proxy.
+
+Token profile (DESIGN.md): header ``typ: at+jwt``, ``alg`` EdDSA or ES256, ``kid``; claims
+``iss``, single-valued ``aud``, ``sub`` (the user), ``act.sub`` (the agent, RFC 8693 delegation),
+``tenant``, ``scope``, ``jti``, ``iat``, ``exp`` and optional ``run``.
+
+Verification never trusts the token about how to verify it: the algorithm must be on the
+allow-list *and* match the type of the key found by ``kid`` in keys held locally; header-supplied
+key material (``jwk``, ``jku``, ``x5u``, ``x5c``) is refused outright.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import time
+import uuid
+from dataclasses import dataclass
+
+import jwt
+
+from .agents import AgentDirectory
+from .errors import IdentityError
+from .keys import KeyRing, algorithm_for
+from .settings import IdentitySettings
+
+TOKEN_TYPE = "at+jwt"
+ALLOWED_ALGORITHMS = frozenset({"EdDSA", "ES256"})
+_FORBIDDEN_HEADERS = ("jwk", "jku", "x5u", "x5c", "crit")
+_REQUIRED_CLAIMS = ["iss", "aud", "sub", "exp", "iat", "jti"]
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: an agent acting for a user within a tenant, proven by one token."""
+
+    agent: str
+    user: str
+    tenant: str
+    scopes: tuple[str, ...]
+    token_id: str
+    issuer: str
+    issued_at: float
+    expires_at: float
+    run: str | None = None
+
+    def as_policy_identity(self) -> dict[str, object]:
+        return {
+            "agent": self.agent,
+            "user": self.user,
+            "tenant": self.tenant,
+            "scopes": list(self.scopes),
+            "token_id": self.token_id,
+            "issuer": self.issuer,
+            "run": self.run,
+        }
+
+
+class TokenIssuer:
+    def __init__(self, keys: KeyRing, settings: IdentitySettings) -> None:
+        self._keys = keys
+        self._settings = settings
+
+    def mint(
+        self,
+        *,
+        agent: str,
+        tenant: str,
+        user: str,
+        scopes: tuple[str, ...],
+        ttl: float | None = None,
+        run: str | None = None,
+        now: float | None = None,
+    ) -> str:
+        ttl = self._settings.default_ttl if ttl is None else ttl
+        if ttl <= 0 or ttl > self._settings.max_ttl:
+            raise IdentityError(
+                f"ttl must be between 1s and the cap of {int(self._settings.max_ttl)}s",
+                code="token_ttl_invalid",
+            )
+        issued = int(time.time() if now is None else now)
+        claims: dict[str, object] = {
+            "iss": self._settings.issuer,
+            "aud": self._settings.audience,
+            "sub": user,
+            "act": {"sub": agent},
+            "tenant": tenant,
+            "scope": " ".join(scopes),
+            "jti": str(uuid.uuid4()),
+            "iat": issued,
+            "exp": issued + int(ttl),
+        }
+        if run:
+            claims["run"] = run
+        signing = self._keys.signing
+        return jwt.encode(
+            claims,
+            signing.private_key,
+            algorithm=signing.algorithm,
+            headers={"kid": signing.kid, "typ": TOKEN_TYPE},
+        )
+
+
+def _invalid(message: str, code: str = "identity_invalid") -> IdentityError:
+    return IdentityError(message, code=code)
+
+
+class TokenVerifier:
+    """Token → :class:`Principal`, or :class:`IdentityError` with a stable code."""
+
+    def __init__(self, keys: KeyRing, settings: IdentitySettings, agents: AgentDirectory) -> None:
+        self._keys = keys
+        self._settings = settings
+        self._agents = agents
+
+    async def verify(self, token: str) -> Principal:
+        principal = self.verify_signature(token)
+        await self.check_live(principal)
+        return principal
+
+    def verify_signature(self, token: str, now: float | None = None) -> Principal:
+        settings = self._settings
+        if len(token) > settings.max_token_bytes:
+            raise _invalid("token is larger than the configured maximum", "identity_token_too_large")
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise _invalid("token is not a well-formed JWT", "identity_malformed") from None
+        alg = header.get("alg")
+        if alg not in ALLOWED_ALGORITHMS:
+            raise _invalid("token algorithm is not allowed", "identity_algorithm_refused")
+        if header.get("typ") != TOKEN_TYPE:
+            raise _invalid("token type must be at+jwt", "identity_wrong_type")
+        if any(name in header for name in _FORBIDDEN_HEADERS):
+            raise _invalid("token header carries key material or critical extensions", "identity_header_refused")
+        key = self._keys.public.get(header.get("kid")) if isinstance(header.get("kid"), str) else None
+        if key is None:
+            raise _invalid("token is signed by an unknown key", "identity_unknown_key")
+        if algorithm_for(key) != alg:
+            raise _invalid("token algorithm does not match its key", "identity_algorithm_refused")
+        try:
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=[alg],
+                audience=settings.audience,
+                issuer=settings.issuer,
+                leeway=settings.leeway,
+                options={"require": _REQUIRED_CLAIMS, "verify_iat": True},
+            )
+        except jwt.ExpiredSignatureError:
+            raise _invalid("token has expired", "identity_expired") from None
+        except jwt.PyJWTError:
+            raise _invalid("token signature or claims are invalid") from None
+        return self._principal(claims, time.time() if now is None else now)
+
+    def _principal(self, claims: dict[str, object], now: float) -> Principal:
+        settings = self._settings
+        act = claims.get("act")
+        agent = act.get("sub") if isinstance(act, dict) else None
+        tenant, user, scope, jti = claims.get("tenant"), claims.get("sub"), claims.get("scope", ""), claims.get("jti")
+        run = claims.get("run")
+        texts = (agent, tenant, user, scope, jti)
+        if not all(isinstance(v, str) for v in texts) or not (agent and tenant and user and jti):
+            raise _invalid("token lacks the agent, user, tenant or id claims", "identity_claims_invalid")
+        if not isinstance(claims["aud"], str):
+            raise _invalid("token must name exactly one audience", "identity_claims_invalid")
+        if run is not None and not isinstance(run, str):
+            raise _invalid("token run claim must be a string", "identity_claims_invalid")
+        issued, expires = claims["iat"], claims["exp"]
+        if not isinstance(issued, (int, float)) or not isinstance(expires, (int, float)):
+            raise _invalid("token times must be numbers", "identity_claims_invalid")
+        if expires - issued > settings.max_ttl:
+            raise _invalid("token lifetime exceeds the configured cap", "identity_ttl_exceeded")
+        return Principal(
+            agent=agent,
+            user=user,
+            tenant=tenant,
+            scopes=tuple(s for s in scope.split(" ") if s),
+            token_id=jti,
+            issuer=str(claims["iss"]),
+            issued_at=float(issued),
+            expires_at=float(expires),
+            run=run,
+        )
+
+    async def check_live(self, principal: Principal, now: float | None = None) -> None:
+        """Re-checked on every request: expiry and the agent's standing in the registry."""
+        now = time.time() if now is None else now
+        if now > principal.expires_at + self._settings.leeway:
+            raise _invalid("token has expired", "identity_expired")
+        agent = await self._agents.lookup(principal.agent)
+        if agent is None:
+            raise _invalid("token names an agent that is not registered", "identity_unknown_agent")
+        if agent.tenant != principal.tenant:
+            raise _invalid("token tenant does not match the agent's tenant", "identity_claims_invalid")
+        if agent.status != "active":
+            raise _invalid(f"agent is {agent.status}", "identity_revoked")
+
+
+def token_from_proxy_authorization(value: str | None) -> str:
+    """Extract the token from ``Bearer <jwt>`` or ``Basic base64(<any user>:<jwt>)``."""
+    if not value:
+        raise IdentityError("proxy credentials are required", code="identity_missing")
+    scheme, _, credentials = value.strip().partition(" ")
+    credentials = credentials.strip()
+    if scheme.lower() == "bearer" and credentials:
+        return credentials
+    if scheme.lower() == "basic" and credentials:
+        try:
+            decoded = base64.b64decode(credentials, validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            raise IdentityError("Basic proxy credentials are not valid base64", code="identity_malformed") from None
+        _, sep, password = decoded.partition(":")
+        if sep and password:
+            return password
+    raise IdentityError("use Proxy-Authorization: Bearer <token> or Basic with the token as password", code="identity_malformed")

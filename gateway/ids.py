@@ -1,0 +1,30 @@
+"""Sortable, unguessable ids (ULID layout: 48-bit milliseconds + 80 random bits, Crockford base32)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def _encode(value: int, length: int) -> str:
+    chars = []
+    for _ in range(length):
+        value, index = divmod(value, 32)
+        chars.append(_ALPHABET[index])
+    return "".join(reversed(chars))
+
+
+def new_id(now: float | None = None) -> str:
+    """A 26-character id whose lexical order follows creation time (to the millisecond)."""
+    millis = int((time.time() if now is None else now) * 1000)
+    return _encode(millis, 10) + _encode(int.from_bytes(os.urandom(10), "big"), 16)
+
+
+def id_time(identifier: str) -> float:
+    """Seconds since the epoch encoded in an id made by :func:`new_id`."""
+    millis = 0
+    for char in identifier[:10]:
+        millis = millis * 32 + _ALPHABET.index(char)
+    return millis / 1000

@@ -1,0 +1,173 @@
+"""The policy contract: the input document wardgate sends to OPA and the decision it accepts.
+
+The input is versioned (``version: 1``) and documented by its JSON Schema (``wardgate policy
+schema``; docs/policy-input.schema.json). Credentials never appear in it: request headers that
+carry secrets are dropped before the document is built, and ``credential`` names the service whose
+credential would be injected, never its value.
+
+Anything but a well-formed decision object from OPA within the timeout — unreachable, slow,
+undefined, malformed — is :class:`DependencyUnavailable` (``policy_unavailable``): never allow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+import aiohttp
+from yarl import URL
+from opa_client.opa_async import AsyncOpaClient
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError
+
+from .errors import DependencyUnavailable
+
+# Headers whose values are credentials or session state. Never shown to the policy.
+CREDENTIAL_HEADERS = frozenset(
+    {"authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key", "api-key", "x-auth-token"}
+)
+MAX_HEADER_VALUE = 1024
+
+
+class _Doc(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class IdentityInput(_Doc):
+    agent: str = Field(description="Agent name (the token's act.sub).")
+    user: str = Field(description="The user on whose behalf the agent acts (the token's sub).")
+    tenant: str
+    scopes: list[str]
+    token_id: str = Field(description="The token's jti.")
+    issuer: str
+    run: str | None = Field(default=None, description="Durable run id the token was minted for.")
+
+
+class RequestInput(_Doc):
+    method: str = Field(examples=["GET"])
+    scheme: Literal["http", "https"]
+    host: str = Field(description="Lower-case host name or IP literal the call goes to.")
+    port: int
+    path: str = Field(description="Path without the query string.", examples=["/repos/acme/app/issues"])
+    query: dict[str, list[str]] = Field(description="Decoded query parameters; a name may repeat.")
+    headers: dict[str, str] = Field(
+        description="Lower-case request headers, credential-bearing ones removed, values cut at 1 KiB."
+    )
+
+
+class CredentialInput(_Doc):
+    service: str = Field(description="Name of the service whose credential would be injected.")
+
+
+class McpInput(_Doc):
+    method: str
+    tool: str | None = None
+    arguments: dict[str, Any] | None = None
+    server: str | None = None
+
+
+class RunInput(_Doc):
+    id: str
+    step: str | None = None
+
+
+class TimeInput(_Doc):
+    unix: float
+    rfc3339: str
+    weekday: int = Field(description="0 = Monday … 6 = Sunday, UTC.")
+    hour: int = Field(description="Hour of day, UTC.")
+
+
+class PolicyInput(_Doc):
+    """The document posted to OPA as ``input`` for every call."""
+
+    version: Literal[1] = 1
+    identity: IdentityInput
+    request: RequestInput
+    credential: CredentialInput | None = None
+    mcp: McpInput | None = None
+    run: RunInput | None = None
+    time: TimeInput
+
+
+def time_input(now: float | None = None) -> TimeInput:
+    now = time.time() if now is None else now
+    moment = datetime.fromtimestamp(now, tz=timezone.utc)
+    return TimeInput(
+        unix=now,
+        rfc3339=moment.isoformat().replace("+00:00", "Z"),
+        weekday=moment.weekday(),
+        hour=moment.hour,
+    )
+
+
+def policy_headers(headers: list[tuple[str, str]]) -> dict[str, str]:
+    """Lower-cased headers without credentials; repeated names joined with ', '."""
+    result: dict[str, str] = {}
+    for name, value in headers:
+        key = name.lower()
+        if key in CREDENTIAL_HEADERS:
+            continue
+        value = value[:MAX_HEADER_VALUE]
+        result[key] = f"{result[key]}, {value}" if key in result else value
+    return result
+
+
+class Decision(BaseModel):
+    """What OPA must answer: an object with at least ``allow`` (bool) and ``reasons``."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    allow: StrictBool
+    reasons: list[StrictStr] = []
+    require_approval: StrictBool = False
+    redact: list[StrictStr] = []
+    limits: dict[str, Any] = {}
+    decision_id: str | None = None
+
+
+class PolicyClient:
+    """Asks OPA for decisions over one reused connection pool (opa-python-client's async client).
+
+    Retries are off: a decision that is late is a denial, and the agent may retry itself.
+    """
+
+    def __init__(self, url: str, decision_path: str, timeout: float) -> None:
+        parsed = URL(url)
+        self._client = AsyncOpaClient(
+            host=parsed.host or "127.0.0.1", port=parsed.port or 8181, retries=0, timeout=timeout
+        )
+        self._package, _, self._rule = decision_path.replace("/", ".").rpartition(".")
+        self._timeout = timeout
+
+    async def __aenter__(self) -> "PolicyClient":
+        await self._client.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._client.close_connection()
+
+    async def decide(self, document: PolicyInput) -> Decision:
+        payload = document.model_dump(mode="json", exclude_none=True)
+        try:
+            async with asyncio.timeout(self._timeout):
+                answer = await self._client.query_rule(payload, self._package, self._rule)
+        except TimeoutError:
+            raise _unavailable("policy engine did not answer in time", "policy_timeout") from None
+        except (aiohttp.ClientError, OSError, ValueError):
+            raise _unavailable("policy engine is unreachable or failed", "policy_error") from None
+        result = answer.get("result") if isinstance(answer, dict) else None
+        if result is None:
+            raise _unavailable("policy decision is undefined", "policy_undefined")
+        if not isinstance(result, dict):
+            raise _unavailable("policy decision is not an object", "policy_malformed")
+        try:
+            decision = Decision.model_validate({**result, "decision_id": answer.get("decision_id")})
+        except ValidationError:
+            raise _unavailable("policy decision is malformed", "policy_malformed") from None
+        return decision
+
+
+def _unavailable(message: str, reason: str) -> DependencyUnavailable:
+    return DependencyUnavailable(message, code="policy_unavailable", reasons=[reason])

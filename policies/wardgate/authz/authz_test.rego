@@ -1,0 +1,67 @@
+package wardgate.authz_test
+
+import rego.v1
+
+import data.wardgate.authz
+
+tenants := {"acme": {"allow": [
+	{"host": "api.github.com", "methods": ["GET", "POST"], "ports": [443]},
+	{"host": "*.example.com", "paths": ["/v1/"]},
+]}}
+
+call(tenant, scopes, method, host, port, path) := {
+	"version": 1,
+	"identity": {"agent": "bot", "user": "alice", "tenant": tenant, "scopes": scopes, "token_id": "t", "issuer": "wardgate"},
+	"request": {"method": method, "scheme": "https", "host": host, "port": port, "path": path, "query": {}, "headers": {}},
+	"time": {"unix": 0, "rfc3339": "1970-01-01T00:00:00Z", "weekday": 3, "hour": 0},
+}
+
+decide(doc) := d if {
+	d := authz.decision with input as doc with data.wardgate.config.tenants as tenants
+}
+
+test_listed_host_is_allowed if {
+	d := decide(call("acme", [], "GET", "api.github.com", 443, "/repos"))
+	d.allow == true
+	d.reasons == ["destination_allowed"]
+}
+
+test_unlisted_host_is_denied if {
+	d := decide(call("acme", [], "GET", "evil.test", 443, "/"))
+	d.allow == false
+	d.reasons == ["destination_not_allowed"]
+}
+
+test_wrong_port_is_denied if {
+	not decide(call("acme", [], "GET", "api.github.com", 8443, "/")).allow
+}
+
+test_write_needs_scope if {
+	d := decide(call("acme", [], "POST", "api.github.com", 443, "/repos"))
+	d.allow == false
+	"write_scope_required" in d.reasons
+}
+
+test_write_with_scope_is_allowed if {
+	decide(call("acme", ["write"], "POST", "api.github.com", 443, "/repos")).allow
+}
+
+test_method_not_listed_is_denied if {
+	not decide(call("acme", ["write"], "DELETE", "api.github.com", 443, "/repos")).allow
+}
+
+test_wildcard_matches_subdomain_only if {
+	decide(call("acme", [], "GET", "api.example.com", 443, "/v1/x")).allow
+	not decide(call("acme", [], "GET", "example.com", 443, "/v1/x")).allow
+	not decide(call("acme", [], "GET", "badexample.com", 443, "/v1/x")).allow
+}
+
+test_path_prefix if {
+	not decide(call("acme", [], "GET", "api.example.com", 443, "/v2/x")).allow
+}
+
+test_unknown_tenant_is_denied if {
+	d := decide(call("nobody", [], "GET", "api.github.com", 443, "/"))
+	d.allow == false
+	"unknown_tenant" in d.reasons
+}

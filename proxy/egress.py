@@ -1,0 +1,72 @@
+"""EgressPolicy: asks OPA whether the identified call may go out, and records the intent.
+
+Runs after ProxyAuth in ``requestheaders``. A denial or an unavailable policy engine answers the
+call here (nothing reaches the upstream); an allowed call is forwarded only once its intent record
+is committed.
+"""
+
+from __future__ import annotations
+
+import time
+from urllib.parse import parse_qs
+
+from mitmproxy import http
+
+from wardgate.gateway.audit import AuditWriter
+from wardgate.gateway.errors import PolicyDenied, WardgateError
+from wardgate.gateway.policy import IdentityInput, PolicyClient, PolicyInput, RequestInput, RunInput, policy_headers, time_input
+
+from .call import call_of
+from .refusals import refuse
+
+
+def policy_input(flow: http.HTTPFlow) -> PolicyInput:
+    call = call_of(flow)
+    assert call.principal is not None
+    request = flow.request
+    path, _, query = request.path.partition("?")
+    principal = call.principal
+    return PolicyInput(
+        identity=IdentityInput(**principal.as_policy_identity()),
+        request=RequestInput(
+            method=request.method,
+            scheme="https" if request.scheme == "https" else "http",
+            host=request.pretty_host.lower(),
+            port=request.port,
+            path=path or "/",
+            query=parse_qs(query, keep_blank_values=True),
+            headers=policy_headers(list(request.headers.items(multi=True))),
+        ),
+        run=RunInput(id=principal.run, step=request.headers.get("x-wardgate-step")) if principal.run else None,
+        time=time_input(),
+    )
+
+
+class EgressPolicy:
+    def __init__(self, policy: PolicyClient, audit: AuditWriter, audit_timeout: float) -> None:
+        self._policy = policy
+        self._audit = audit
+        self._audit_timeout = audit_timeout
+
+    async def requestheaders(self, flow: http.HTTPFlow) -> None:
+        call = call_of(flow)
+        if flow.response is not None or call.principal is None:
+            return
+        started = time.perf_counter()
+        try:
+            call.decision = await self._policy.decide(policy_input(flow))
+        except WardgateError as error:
+            call.policy_ms = (time.perf_counter() - started) * 1000
+            await refuse(flow, error, self._audit, self._audit_timeout)
+            return
+        call.policy_ms = (time.perf_counter() - started) * 1000
+        if not call.decision.allow:
+            denied = PolicyDenied("the policy does not allow this call", reasons=call.decision.reasons)
+            await refuse(flow, denied, self._audit, self._audit_timeout)
+            return
+        try:
+            await self._audit.commit(call.record(flow, "intent"), self._audit_timeout)
+        except WardgateError as error:
+            await refuse(flow, error, self._audit, self._audit_timeout)
+            return
+        call.forwarded_at = time.perf_counter()

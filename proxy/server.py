@@ -1,0 +1,167 @@
+"""``wardgate up``: the proxy (a lean mitmproxy Master), the admin API and OPA on one event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+from mitmproxy import master, options
+from mitmproxy.addons import core, errorcheck, next_layer, proxyserver, tlsconfig
+
+from wardgate.gateway import admin, admin_token
+from wardgate.gateway.agents import AgentDirectory, AgentRegistry
+from wardgate.gateway.audit import AuditWriter
+from wardgate.gateway.echo import build_echo_app
+from wardgate.gateway.identity import TokenVerifier
+from wardgate.gateway.keys import KeyRing
+from wardgate.gateway.opa_process import ManagedOpa, wait_healthy
+from wardgate.gateway.policy import PolicyClient
+from wardgate.gateway.settings import Settings
+
+from . import protocol_errors
+from .audit_trail import AuditTrail
+from .auth import ProxyAuth
+from .egress import EgressPolicy
+
+log = logging.getLogger("wardgate")
+
+
+def build_master(settings: Settings, addons: list[object]) -> master.Master:
+    """Only the addons wardgate needs: mitmdump's default set costs about half the per-request time."""
+    opts = options.Options(
+        listen_host=settings.proxy.listen.host,
+        listen_port=settings.proxy.listen.port,
+        confdir=str(settings.ca_dir),
+        mode=["regular"],
+    )
+    proxy_master = master.Master(opts)
+    proxy_master.addons.add(
+        # ErrorCheck stops start-up (exit 1, errors on stderr) when e.g. the listen port is taken.
+        errorcheck.ErrorCheck(repeat_errors_on_stderr=True),
+        core.Core(),
+        proxyserver.Proxyserver(),
+        next_layer.NextLayer(),
+        tlsconfig.TlsConfig(),
+    )
+    proxy_master.addons.add(*addons)
+    opts.update(
+        # Upstream connections open only once a request inside the tunnel has been allowed.
+        connection_strategy="lazy",
+        http2=False,
+        ssl_insecure=False,
+        ssl_verify_upstream_trusted_ca=str(settings.proxy.upstream_ca_file) if settings.proxy.upstream_ca_file else None,
+    )
+    return proxy_master
+
+
+@dataclass
+class Listeners:
+    proxy: str
+    admin: str
+    opa: str
+    opa_pid: int | None
+    echo: str | None
+    pid: int
+
+
+async def _start_site(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, str]:
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_address=True)
+    await site.start()
+    server = site._server  # aiohttp exposes the bound port only through the server's sockets
+    assert server is not None and server.sockets
+    bound = server.sockets[0].getsockname()
+    return runner, f"{bound[0]}:{bound[1]}"
+
+
+async def serve(settings: Settings, on_ready: Callable[[Listeners], None]) -> None:
+    settings.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    settings.run_dir.mkdir(exist_ok=True, mode=0o700)
+    keys = KeyRing.load(settings.keys_dir)
+    registry = AgentRegistry(settings.state_db)
+    directory = AgentDirectory(registry)
+    await directory.refresh()
+    audit = AuditWriter(settings.audit_db)
+    audit.start()
+    token = settings.admin_token.get_secret_value() if settings.admin_token else admin_token.load_or_create(settings.home / "admin.token")
+
+    async with contextlib.AsyncExitStack() as stack:
+        stack.push_async_callback(audit.stop)
+        stack.callback(registry.close)
+        managed: ManagedOpa | None = None
+        if settings.opa.mode == "managed":
+            managed = ManagedOpa(settings.opa, settings.home / "logs" / "opa.log")
+            await managed.start()
+            stack.push_async_callback(managed.stop)
+            opa_url = managed.url
+        else:
+            assert settings.opa.url, "opa.url is required when opa.mode is external"
+            opa_url = settings.opa.url.rstrip("/")
+        policy = await stack.enter_async_context(
+            PolicyClient(opa_url, settings.opa.decision_path, settings.opa.timeout)
+        )
+
+        async def ready() -> bool:
+            try:
+                await wait_healthy(opa_url, 0.5)
+            except Exception:  # noqa: BLE001 - readiness reports, it never raises
+                return False
+            return True
+
+        admin_runner, admin_addr = await _start_site(
+            admin.build_app(admin.AdminState(settings, keys, registry, audit, token, ready)),
+            settings.admin.listen.host,
+            settings.admin.listen.port,
+        )
+        stack.push_async_callback(admin_runner.cleanup)
+        echo_addr = None
+        if settings.demo.enabled:
+            echo_runner, echo_addr = await _start_site(
+                build_echo_app(), settings.demo.echo_listen.host, settings.demo.echo_listen.port
+            )
+            stack.push_async_callback(echo_runner.cleanup)
+
+        verifier = TokenVerifier(keys, settings.identity, directory)
+        timeout = settings.audit.commit_timeout
+        protocol_errors.install()
+        proxy_master = build_master(
+            settings,
+            [ProxyAuth(verifier, audit, timeout), EgressPolicy(policy, audit, timeout), AuditTrail(audit)],
+        )
+        refresher = asyncio.create_task(directory.run(), name="agent-directory")
+        stack.callback(refresher.cancel)
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, proxy_master.shutdown)
+
+        async def announce() -> None:
+            ps = proxy_master.addons.get("proxyserver")
+            while not ps.is_running or not ps.listen_addrs():
+                if proxy_master.should_exit.is_set():
+                    return
+                await asyncio.sleep(0.02)
+            host, port = ps.listen_addrs()[0][:2]
+            listeners = Listeners(f"{host}:{port}", admin_addr, opa_url, managed.pid if managed else None, echo_addr, os.getpid())
+            write_listeners(settings.run_dir / "listeners.json", listeners)
+            on_ready(listeners)
+
+        announcer = asyncio.create_task(announce())
+        await proxy_master.run()
+        announcer.cancel()
+        with contextlib.suppress(FileNotFoundError):
+            (settings.run_dir / "listeners.json").unlink()
+
+
+def write_listeners(path: Path, listeners: Listeners) -> None:
+    temp = path.with_suffix(".tmp")
+    temp.write_text(json.dumps(listeners.__dict__, indent=2) + "\n")
+    os.replace(temp, path)
