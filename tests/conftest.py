@@ -1,0 +1,64 @@
+"""Shared fixtures: real OPA, real loopback upstreams, real gateway processes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trustme
+
+from support import REPO, Gateway, Upstream, require, start_gateway, write_tenant_policy
+
+# The make targets put the pinned OPA here; tests run straight from pytest find it too.
+os.environ["PATH"] = f"{REPO / '.bin'}{os.pathsep}{os.environ.get('PATH', '')}"
+
+
+@pytest.fixture(scope="session")
+def opa_binary() -> str:
+    found = shutil.which("opa")
+    require("the opa binary (make setup builds it)", found is not None)
+    assert found
+    return found
+
+
+@pytest.fixture(scope="session")
+def test_ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture(scope="session")
+def upstream_ca_file(test_ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("ca") / "upstream-ca.pem"
+    test_ca.cert_pem.write_to_path(str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def upstream(test_ca: trustme.CA) -> Iterator[Upstream]:
+    server = Upstream(test_ca)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def acme_policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tenant 'acme' may call loopback under /allowed and /status; everything else is denied."""
+    rules = [
+        {"host": host, "methods": ["GET", "POST"], "paths": ["/allowed", "/status"]}
+        for host in ("127.0.0.1", "localhost")
+    ]
+    return write_tenant_policy(tmp_path_factory.mktemp("policy-data"), "acme", rules)
+
+
+@pytest.fixture(scope="session")
+def gateway(
+    opa_binary: str, tmp_path_factory: pytest.TempPathFactory, acme_policy: Path, upstream_ca_file: Path
+) -> Iterator[Gateway]:
+    gw = start_gateway(tmp_path_factory.mktemp("gateway"), policy_paths=[acme_policy], upstream_ca=upstream_ca_file)
+    gw.create_agent("acme-bot", "acme", ["read", "write"])
+    yield gw
+    gw.stop()

@@ -1,0 +1,258 @@
+"""Real parts for tests: loopback upstreams (HTTP and HTTPS), gateway processes, OPA processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trustme
+from aiohttp import web
+
+from wardgate.gateway.agents import AgentRegistry
+from wardgate.gateway.audit import AuditQuery, query_records
+from wardgate.gateway.identity import TokenIssuer
+from wardgate.gateway.keys import KeyRing
+from wardgate.gateway.settings import Settings, load_settings
+
+REPO = Path(__file__).resolve().parent.parent
+POLICIES = REPO / "policies"
+
+
+def require(component: str, found: bool) -> None:
+    """Skip locally when a component is missing; with CI=true fail instead."""
+    import pytest
+
+    if found:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{component} is required under CI=true but is missing")
+    pytest.skip(f"{component} is not available")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class SeenRequest:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class Upstream:
+    """An aiohttp server on 127.0.0.1, plain and TLS, in its own thread; records what reached it."""
+
+    ca: trustme.CA
+    seen: list[SeenRequest] = field(default_factory=list)
+    http_port: int = 0
+    https_port: int = 0
+    _loop: asyncio.AbstractEventLoop | None = None
+    _thread: threading.Thread | None = None
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def https_url(self) -> str:
+        return f"https://localhost:{self.https_port}"
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        self.seen.append(SeenRequest(request.method, request.path_qs, dict(request.headers), body))
+        if request.path.startswith("/status/"):
+            return web.Response(status=int(request.path.rsplit("/", 1)[1]))
+        return web.json_response({"path": request.path_qs, "method": request.method, "headers": dict(request.headers)})
+
+    def start(self) -> None:
+        ready = threading.Event()
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            app = web.Application()
+            app.router.add_route("*", "/{tail:.*}", self._handle)
+            runner = web.AppRunner(app, access_log=None)
+            loop.run_until_complete(runner.setup())
+            plain = web.TCPSite(runner, "127.0.0.1", 0)
+            loop.run_until_complete(plain.start())
+            ssl_ctx = __import__("ssl").create_default_context(__import__("ssl").Purpose.CLIENT_AUTH)
+            self.ca.issue_cert("localhost", "127.0.0.1").configure_cert(ssl_ctx)
+            tls = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ssl_ctx)
+            loop.run_until_complete(tls.start())
+            self.http_port = plain._server.sockets[0].getsockname()[1]
+            self.https_port = tls._server.sockets[0].getsockname()[1]
+            ready.set()
+            loop.run_forever()
+            loop.run_until_complete(runner.cleanup())
+            loop.close()
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+        assert ready.wait(10)
+
+    def stop(self) -> None:
+        if self._loop:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._thread:
+            self._thread.join(10)
+
+    def count(self, path_prefix: str) -> int:
+        return sum(1 for r in self.seen if r.path.startswith(path_prefix))
+
+
+def write_tenant_policy(folder: Path, tenant: str, rules: list[dict[str, Any]]) -> Path:
+    target = folder / "wardgate" / "config" / "tenants" / tenant
+    target.mkdir(parents=True, exist_ok=True)
+    (target / "data.json").write_text(json.dumps({"allow": rules}))
+    return folder
+
+
+@dataclass
+class Gateway:
+    """A real ``wardgate up`` process with its own state folder and loopback ports."""
+
+    home: Path
+    config: Path
+    process: subprocess.Popen[bytes]
+    listeners: dict[str, Any]
+    settings: Settings
+    log: Path
+
+    @property
+    def proxy(self) -> str:
+        return f"http://{self.listeners['proxy']}"
+
+    @property
+    def proxy_port(self) -> int:
+        return int(self.listeners["proxy"].rsplit(":", 1)[1])
+
+    @property
+    def admin(self) -> str:
+        return f"http://{self.listeners['admin']}"
+
+    def proxy_with(self, token: str) -> str:
+        return f"http://agent:{token}@{self.listeners['proxy']}"
+
+    @property
+    def ca_file(self) -> Path:
+        return self.settings.ca_dir / "wardgate-ca.pem"
+
+    @property
+    def admin_token(self) -> str:
+        return (self.home / "admin.token").read_text().strip()
+
+    def create_agent(self, name: str, tenant: str, scopes: list[str] | None = None) -> None:
+        registry = AgentRegistry(self.settings.state_db)
+        try:
+            registry.create(name, tenant, scopes or [])
+        finally:
+            registry.close()
+
+    def mint(self, agent: str, user: str = "alice", tenant: str = "acme", ttl: float = 300, **kw: Any) -> str:
+        issuer = TokenIssuer(KeyRing.load(self.settings.keys_dir), self.settings.identity)
+        return issuer.mint(agent=agent, tenant=tenant, user=user, scopes=tuple(kw.pop("scopes", ())), ttl=ttl, **kw)
+
+    def records(self, call_id: str | None = None, wait_for: int = 1, timeout: float = 5.0) -> list[dict[str, Any]]:
+        """Audit records (oldest first), waiting up to ``timeout`` for at least ``wait_for`` of them."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = list(reversed(query_records(self.settings.audit_db, AuditQuery(call_id=call_id, limit=1000))))
+            if len(found) >= wait_for or time.monotonic() > deadline:
+                return found
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_gateway(
+    root: Path, *, extra_config: str = "", policy_paths: list[Path] | None = None, upstream_ca: Path | None = None,
+    env: dict[str, str] | None = None,
+) -> Gateway:
+    root.mkdir(parents=True, exist_ok=True)
+    home = root / "home"
+    paths = [POLICIES, *(policy_paths or [])]
+    config = root / "wardgate.toml"
+    lines = ["version = 1", "", "[opa]", f"paths = {json.dumps([str(p) for p in paths])}"]
+    if upstream_ca:
+        lines += ["", "[proxy]", f"upstream_ca_file = {json.dumps(str(upstream_ca))}"]
+    config.write_text("\n".join(lines) + "\n" + extra_config)
+    log = root / "gateway.log"
+    environment = {**os.environ, "WARDGATE_HOME": str(home), **(env or {})}
+    environment.pop("WARDGATE_CONFIG", None)
+    with open(log, "wb") as handle:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "wardgate.gateway.cli", "--config", str(config), "up",
+             "--proxy-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"],
+            cwd=root, env=environment, stdout=handle, stderr=subprocess.STDOUT,
+        )
+    listeners_file = home / "run" / "listeners.json"
+    deadline = time.monotonic() + 30
+    while not listeners_file.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError(f"gateway did not start:\n{log.read_text()}")
+        time.sleep(0.05)
+    settings = load_settings(config_file=config, environ=environment, cwd=root)
+    return Gateway(home, config, process, json.loads(listeners_file.read_text()), settings, log)
+
+
+@dataclass
+class OpaServer:
+    """A standalone ``opa run --server`` the test can stop and start again on the same port."""
+
+    paths: list[Path]
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        opa = shutil.which("opa")
+        assert opa
+        self.process = subprocess.Popen(
+            [opa, "run", "--server", "--addr", f"127.0.0.1:{self.port}", "--disable-telemetry",
+             "--ignore", "*_test.rego", *map(str, self.paths)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 20
+        import urllib.request
+
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=1) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("opa did not become healthy")
+
+    def kill(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
