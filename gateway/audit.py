@@ -43,6 +43,9 @@ CREATE TABLE IF NOT EXISTS audit_records (
     latency_policy_ms REAL, latency_upstream_ms REAL, latency_total_ms REAL,
     scrub_count INTEGER NOT NULL DEFAULT 0,
     error TEXT,
+    mcp_method TEXT, mcp_tool TEXT, mcp_arguments TEXT,
+    idempotency_key TEXT, replay INTEGER NOT NULL DEFAULT 0,
+    usage TEXT, trace_id TEXT,
     writer TEXT NOT NULL, seq INTEGER NOT NULL, prev_hash TEXT NOT NULL, hash TEXT NOT NULL,
     UNIQUE (writer, seq)
 );
@@ -84,6 +87,13 @@ class AuditRecord:
     latency_total_ms: float | None = None
     scrub_count: int = 0
     error: str | None = None
+    mcp_method: str | None = None
+    mcp_tool: str | None = None
+    mcp_arguments: str | None = None  # JSON, with fields the policy marks sensitive redacted
+    idempotency_key: str | None = None
+    replay: int = 0
+    usage: str | None = None  # JSON token usage reported by LLM APIs
+    trace_id: str | None = None
     id: str = field(default_factory=new_id)
 
     def canonical(self) -> bytes:

@@ -7,6 +7,11 @@
     ├── AdminAuthError                 401     admin_unauthorized
     ├── PolicyDenied                   403     policy_denied
     ├── NotFound                       404     not_found
+    ├── Conflict                       409     conflict              (e.g. idempotent call still in flight)
+    ├── PayloadTooLarge                413     request_too_large
+    ├── Unprocessable                  422     unprocessable         (e.g. idempotency key reused)
+    ├── HeadersTooLarge                431     request_headers_too_large
+    ├── TooManyRequests                429     rate_limited
     ├── UpstreamError                  502     upstream_error
     ├── UpstreamTimeout                504     upstream_timeout
     └── DependencyUnavailable          503     *_unavailable         (policy, audit, state ...)
@@ -69,6 +74,31 @@ class PolicyDenied(WardgateError):
 class NotFound(WardgateError):
     status = 404
     code = "not_found"
+
+
+class Conflict(WardgateError):
+    status = 409
+    code = "conflict"
+
+
+class PayloadTooLarge(WardgateError):
+    status = 413
+    code = "request_too_large"
+
+
+class Unprocessable(WardgateError):
+    status = 422
+    code = "unprocessable"
+
+
+class HeadersTooLarge(WardgateError):
+    status = 431
+    code = "request_headers_too_large"
+
+
+class TooManyRequests(WardgateError):
+    status = 429
+    code = "rate_limited"
 
 
 class UpstreamError(WardgateError):

@@ -10,7 +10,7 @@ from mitmproxy import http
 from wardgate.gateway.audit import AuditRecord, Kind
 from wardgate.gateway.identity import Principal
 from wardgate.gateway.ids import new_id
-from wardgate.gateway.policy import Decision
+from wardgate.gateway.policy import Decision, McpInput
 
 KEY = "wardgate.call"
 
@@ -23,7 +23,10 @@ class Call:
     decision: Decision | None = None
     policy_ms: float | None = None
     forwarded_at: float | None = None
+    # Filled by addons that run before EgressPolicy; the policy input is built from them.
     credential_service: str | None = None
+    mcp: McpInput | None = None
+    step: str | None = None
 
     def record(self, flow: http.HTTPFlow, kind: Kind, **values: object) -> AuditRecord:
         """An audit record for this call, filled from the principal, the request and ``values``."""

@@ -14,7 +14,16 @@ from mitmproxy import http
 
 from wardgate.gateway.audit import AuditWriter
 from wardgate.gateway.errors import PolicyDenied, WardgateError
-from wardgate.gateway.policy import IdentityInput, PolicyClient, PolicyInput, RequestInput, RunInput, policy_headers, time_input
+from wardgate.gateway.policy import (
+    CredentialInput,
+    IdentityInput,
+    PolicyClient,
+    PolicyInput,
+    RequestInput,
+    RunInput,
+    policy_headers,
+    time_input,
+)
 
 from .call import call_of
 from .refusals import refuse
@@ -37,7 +46,9 @@ def policy_input(flow: http.HTTPFlow) -> PolicyInput:
             query=parse_qs(query, keep_blank_values=True),
             headers=policy_headers(list(request.headers.items(multi=True))),
         ),
-        run=RunInput(id=principal.run, step=request.headers.get("x-wardgate-step")) if principal.run else None,
+        credential=CredentialInput(service=call.credential_service) if call.credential_service else None,
+        mcp=call.mcp,
+        run=RunInput(id=principal.run, step=call.step or request.headers.get("x-wardgate-step")) if principal.run else None,
         time=time_input(),
     )
 
