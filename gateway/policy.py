@@ -61,10 +61,24 @@ class CredentialInput(_Doc):
 
 
 class McpInput(_Doc):
-    method: str
-    tool: str | None = None
-    arguments: dict[str, Any] | None = None
-    server: str | None = None
+    method: str = Field(
+        description="JSON-RPC method (tools/call, tools/list, initialize ...); \"\" for a JSON-RPC response.",
+        examples=["tools/call"],
+    )
+    tool: str | None = Field(default=None, description="The tool named by tools/call.", examples=["create_issue"])
+    arguments: dict[str, Any] | None = Field(
+        default=None, description="tools/call arguments as sent; absent when filtering tools/list."
+    )
+    server: str | None = Field(
+        default=None, description="The MCP endpoint, scheme://host[:port]/path.", examples=["https://mcp.example.com/mcp"]
+    )
+    kind: Literal["request", "notification", "response"] = "request"
+    protocol_version: str | None = Field(default=None, examples=["2026-07-28", "2025-11-25"])
+    listing: bool = Field(
+        default=False,
+        description="true when wardgate asks whether a tools/list entry may be shown: method is tools/call, "
+        "tool is set, arguments are absent. Argument constraints should not hide a tool here.",
+    )
 
 
 class RunInput(_Doc):

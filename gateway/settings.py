@@ -115,6 +115,16 @@ class AuditSettings(_Section):
         return parse_duration(value)
 
 
+class McpSettings(_Section):
+    # POSTs to these URL prefixes are MCP whatever their headers say ("https://mcp.example.com/mcp").
+    # Others are recognised by MCP headers or by a JSON-RPC body calling an MCP method.
+    servers: list[str] = []
+    max_body_bytes: int = Field(default=1 << 20, ge=1024, le=64 << 20)
+    max_depth: int = Field(default=64, ge=4, le=512)
+    # How many tools/list entries are checked against the policy at once.
+    list_concurrency: int = Field(default=16, ge=1, le=256)
+
+
 class DemoSettings(_Section):
     # The embedded default (no config file) turns this on: `wardgate up` then registers a demo
     # agent, starts a tiny echo upstream on loopback and prints a curl line that works on a
@@ -135,6 +145,7 @@ class Settings(_Section):
     identity: IdentitySettings = IdentitySettings()
     audit: AuditSettings = AuditSettings()
     demo: DemoSettings = DemoSettings()
+    mcp: McpSettings = McpSettings()
     admin_token: SecretStr | None = None
 
     @property

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from mitmproxy import http
@@ -10,6 +12,8 @@ from mitmproxy import http
 from wardgate.gateway.audit import AuditRecord, Kind
 from wardgate.gateway.identity import Principal
 from wardgate.gateway.ids import new_id
+from wardgate.gateway.errors import ErrorResponse, WardgateError
+from wardgate.gateway.mcp import redact
 from wardgate.gateway.policy import Decision, McpInput
 
 KEY = "wardgate.call"
@@ -27,6 +31,10 @@ class Call:
     credential_service: str | None = None
     mcp: McpInput | None = None
     step: str | None = None
+    # Set in requestheaders when the decision needs the body (MCP): EgressPolicy decides in `request`.
+    decide_on_body: bool = False
+    # How a refusal of this call is rendered when not as wardgate's JSON error (MCP: JSON-RPC error).
+    render_error: Callable[[WardgateError, str], ErrorResponse] | None = None
 
     def record(self, flow: http.HTTPFlow, kind: Kind, **values: object) -> AuditRecord:
         """An audit record for this call, filled from the principal, the request and ``values``."""
@@ -51,6 +59,11 @@ class Call:
             record.decision = "allow" if decision.allow else "deny"
             record.reasons = list(decision.reasons)
             record.decision_id = decision.decision_id
+        if self.mcp is not None:
+            record.mcp_method, record.mcp_tool = self.mcp.method, self.mcp.tool
+            # Arguments are kept only once the policy has said which of them are sensitive.
+            if self.mcp.arguments is not None and decision is not None:
+                record.mcp_arguments = json.dumps(redact(self.mcp.arguments, decision.redact), sort_keys=True)
         for name, value in values.items():
             setattr(record, name, value)
         return record

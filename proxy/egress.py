@@ -1,6 +1,7 @@
 """EgressPolicy: asks OPA whether the identified call may go out, and records the intent.
 
-Runs after ProxyAuth in ``requestheaders``. A denial or an unavailable policy engine answers the
+Runs after ProxyAuth in ``requestheaders`` (in ``request``, once the body is read, for calls
+McpGateway marks as MCP). A denial or an unavailable policy engine answers the
 call here (nothing reaches the upstream); an allowed call is forwarded only once its intent record
 is committed.
 """
@@ -61,8 +62,19 @@ class EgressPolicy:
 
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
         call = call_of(flow)
-        if flow.response is not None or call.principal is None:
+        if flow.response is not None or call.principal is None or call.decide_on_body:
             return
+        await self._decide(flow)
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        """Calls whose decision needs the body (MCP, marked by McpGateway) are decided here."""
+        call = call_of(flow)
+        if flow.response is not None or call.principal is None or not call.decide_on_body:
+            return
+        await self._decide(flow)
+
+    async def _decide(self, flow: http.HTTPFlow) -> None:
+        call = call_of(flow)
         started = time.perf_counter()
         try:
             call.decision = await self._policy.decide(policy_input(flow))
