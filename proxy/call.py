@@ -14,7 +14,7 @@ from wardgate.gateway.identity import Principal
 from wardgate.gateway.ids import new_id
 from wardgate.gateway.errors import ErrorResponse, WardgateError
 from wardgate.gateway.mcp import redact
-from wardgate.gateway.policy import Decision, McpInput
+from wardgate.gateway.policy import Decision, McpInput, PolicyInput
 
 KEY = "wardgate.call"
 
@@ -35,6 +35,8 @@ class Call:
     decide_on_body: bool = False
     # How a refusal of this call is rendered when not as wardgate's JSON error (MCP: JSON-RPC error).
     render_error: Callable[[WardgateError, str], ErrorResponse] | None = None
+    # The document the decision was asked on; kept with the intent or refusal record.
+    policy_document: PolicyInput | None = None
 
     def record(self, flow: http.HTTPFlow, kind: Kind, **values: object) -> AuditRecord:
         """An audit record for this call, filled from the principal, the request and ``values``."""
@@ -64,9 +66,21 @@ class Call:
             # Arguments are kept only once the policy has said which of them are sensitive.
             if self.mcp.arguments is not None and decision is not None:
                 record.mcp_arguments = json.dumps(redact(self.mcp.arguments, decision.redact), sort_keys=True)
+        if self.policy_document is not None and kind != "outcome":
+            record.policy_input = self._recorded_input()
         for name, value in values.items():
             setattr(record, name, value)
         return record
+
+    def _recorded_input(self) -> str:
+        assert self.policy_document is not None
+        document = self.policy_document.model_dump(mode="json", exclude_none=True)
+        mcp = document.get("mcp")
+        if mcp and "arguments" in mcp:
+            paths = self.decision.redact if self.decision is not None else None
+            # No decision (policy unavailable): nobody said what is sensitive, so keep nothing.
+            mcp["arguments"] = redact(mcp["arguments"], paths) if paths is not None else {}
+        return json.dumps(document, sort_keys=True, separators=(",", ":"))
 
 
 def call_of(flow: http.HTTPFlow) -> Call:

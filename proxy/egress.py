@@ -77,7 +77,8 @@ class EgressPolicy:
         call = call_of(flow)
         started = time.perf_counter()
         try:
-            call.decision = await self._policy.decide(policy_input(flow))
+            call.policy_document = policy_input(flow)
+            call.decision = await self._policy.decide(call.policy_document)
         except WardgateError as error:
             call.policy_ms = (time.perf_counter() - started) * 1000
             await refuse(flow, error, self._audit, self._audit_timeout)

@@ -1,18 +1,22 @@
-"""``wardgate policy test|eval|schema``: write Rego against the real input, test it with real OPA."""
+"""``wardgate policy test|eval|explain|schema``: write Rego against the real input, test it with real OPA."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import click
 from pydantic import ValidationError
 
-from ..errors import BadRequest
+from ..audit import AuditQuery, query_records
+from ..errors import BadRequest, NotFound
 from ..opa_process import find_opa
 from ..policy import PolicyInput
+from ..settings import Settings
 from ._context import CliContext, pass_cli, print_json
 
 
@@ -43,14 +47,17 @@ def evaluate(cli: CliContext, input_file: Path) -> None:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise BadRequest(f"{input_file}: {where}: {first['msg']}", code="policy_input_invalid") from None
+    print_json(_evaluate(settings, document.model_dump_json(exclude_none=True)))
+
+
+def _evaluate(settings: Settings, document_json: str) -> Any:
+    """The decision the policies on disk give for ``document_json``, by the real `opa eval`."""
     query = "data." + settings.opa.decision_path.replace("/", ".")
     command = [find_opa(settings.opa.binary), "eval", "--format", "json", "--stdin-input"]
     for path in settings.opa.paths:
         command += ["--data", str(path)]
     command += ["--ignore", "*_test.rego", query]
-    done = subprocess.run(
-        command, input=document.model_dump_json(exclude_none=True), capture_output=True, text=True, timeout=60
-    )
+    done = subprocess.run(command, input=document_json, capture_output=True, text=True, timeout=60)
     if done.returncode != 0:
         click.echo(done.stderr or done.stdout, err=True)
         sys.exit(done.returncode)
@@ -58,7 +65,64 @@ def evaluate(cli: CliContext, input_file: Path) -> None:
     if not results:
         click.echo("decision is undefined: the gateway would answer 503 policy_unavailable")
         sys.exit(1)
-    print_json(results[0]["expressions"][0]["value"])
+    return results[0]["expressions"][0]["value"]
+
+
+@policy.command("explain")
+@click.argument("audit_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
+@pass_cli
+def explain(cli: CliContext, audit_id: str, as_json: bool) -> None:
+    """Re-evaluate a recorded call's policy input against the current policies; show what changed."""
+    settings = cli.settings()
+    records = query_records(settings.audit_db, AuditQuery(call_id=audit_id, limit=10))
+    if not records:
+        raise NotFound(f"no audit record has id {audit_id}", code="audit_record_not_found")
+    recorded = next((r for r in records if r["kind"] in ("intent", "refusal") and r.get("policy_input")), None)
+    if recorded is None:
+        raise NotFound(
+            f"call {audit_id} ended before a policy decision (e.g. no valid identity): nothing to re-evaluate",
+            code="policy_input_not_recorded",
+        )
+    now = _evaluate(settings, recorded["policy_input"])
+    then_allow = {"allow": True, "deny": False}.get(recorded["decision"])
+    now_allow = now.get("allow") if isinstance(now, dict) else None
+    then_reasons = recorded["reasons"]
+    now_reasons = now.get("reasons", []) if isinstance(now, dict) else []
+    document = json.loads(recorded["policy_input"])
+    redacted = "[redacted]" in json.dumps(document.get("mcp", {}).get("arguments", {}))
+    report = {
+        "audit_id": audit_id,
+        "recorded": {"allow": then_allow, "reasons": then_reasons, "decision": recorded["decision"], "error": recorded["error"]},
+        "now": now,
+        "changed": then_allow != now_allow or sorted(then_reasons) != sorted(now_reasons),
+        "input": document,
+        "arguments_redacted": redacted,
+    }
+    if as_json:
+        print_json(report)
+        return
+    request = document["request"]
+    identity = document["identity"]
+    when = datetime.fromtimestamp(recorded["time"], tz=timezone.utc).isoformat(timespec="seconds")
+    click.echo(f"call {audit_id}  {when}  agent {identity['agent']} (user {identity['user']}, tenant {identity['tenant']})")
+    click.echo(f"  {request['method']} {request['scheme']}://{request['host']}:{request['port']}{request['path']}")
+    if document.get("mcp"):
+        mcp = document["mcp"]
+        click.echo(f"  mcp {mcp['method']}" + (f" tool {mcp['tool']}" if mcp.get("tool") else ""))
+    shown_then = recorded["decision"] + (f" ({recorded['error']})" if recorded["decision"] == "error" else "")
+    click.echo(f"  recorded: {shown_then:<6} {', '.join(then_reasons) or '-'}")
+    click.echo(f"  now:      {('allow' if now_allow else 'deny'):<6} {', '.join(now_reasons) or '-'}")
+    if not report["changed"]:
+        click.echo("  unchanged: the current policy decides this call the same way")
+    elif now_allow and not then_allow:
+        click.echo("  CHANGED: this call would now be allowed")
+    elif then_allow and not now_allow:
+        click.echo("  CHANGED: this call would now be denied")
+    else:
+        click.echo("  CHANGED: same outcome, different reasons")
+    if redacted:
+        click.echo("  note: argument fields the policy marked sensitive were not recorded; rules on them saw [redacted]")
 
 
 @policy.command("schema")
