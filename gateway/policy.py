@@ -155,6 +155,19 @@ class PolicyClient:
         self._package, _, self._rule = decision_path.replace("/", ".").rpartition(".")
         self._timeout = timeout
 
+    async def retarget(self, url: str) -> None:
+        """Send new queries to ``url``; queries already in flight finish on the old connection."""
+        parsed = URL(url)
+        client = AsyncOpaClient(host=parsed.host or "127.0.0.1", port=parsed.port or 8181, retries=0, timeout=self._timeout)
+        await client.__aenter__()
+        old, self._client = self._client, client
+
+        async def close_later() -> None:
+            await asyncio.sleep(self._timeout + 1.0)
+            await old.close_connection()
+
+        self._closing = asyncio.create_task(close_later())
+
     async def __aenter__(self) -> "PolicyClient":
         await self._client.__aenter__()
         return self

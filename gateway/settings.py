@@ -84,8 +84,11 @@ class OpaSettings(_Section):
     decision_path: str = "wardgate/authz/decision"
     timeout: float = 0.5
     startup_timeout: float = 15.0
+    # Managed mode: how often policy files are checked for changes (0 = only on SIGHUP or
+    # `wardgate policy reload`). A change that does not compile is rejected; the old policy stays.
+    watch_interval: float = 1.0
 
-    @field_validator("timeout", "startup_timeout", mode="before")
+    @field_validator("timeout", "startup_timeout", "watch_interval", mode="before")
     @classmethod
     def _duration(cls, value: Any) -> float:
         return parse_duration(value)

@@ -24,6 +24,7 @@ from wardgate.gateway.identity import TokenVerifier
 from wardgate.gateway.keys import KeyRing
 from wardgate.gateway.opa_process import ManagedOpa, wait_healthy
 from wardgate.gateway.policy import PolicyClient
+from wardgate.gateway.policy_reload import PolicyReloader
 from wardgate.gateway.settings import Settings
 
 from . import protocol_errors
@@ -111,9 +112,18 @@ async def serve(settings: Settings, on_ready: Callable[[Listeners], None]) -> No
             PolicyClient(opa_url, settings.opa.decision_path, settings.opa.timeout)
         )
 
+        reloader: PolicyReloader | None = None
+        if managed is not None:
+            reloader = PolicyReloader(
+                managed, policy, settings.opa.paths, settings.run_dir / "policy.json", grace=settings.opa.timeout + 2.0
+            )
+            if settings.opa.watch_interval > 0:
+                watcher = asyncio.create_task(reloader.watch(settings.opa.watch_interval), name="policy-watch")
+                stack.callback(watcher.cancel)
+
         async def ready() -> bool:
             try:
-                await wait_healthy(opa_url, 0.5)
+                await wait_healthy(managed.url if managed else opa_url, 0.5)
             except Exception:  # noqa: BLE001 - readiness reports, it never raises
                 return False
             return True
@@ -148,6 +158,14 @@ async def serve(settings: Settings, on_ready: Callable[[Listeners], None]) -> No
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, proxy_master.shutdown)
+        reloads: set[asyncio.Task[bool]] = set()
+        if reloader is not None:
+            def reload_on_signal() -> None:
+                task = asyncio.create_task(reloader.reload("SIGHUP"))
+                reloads.add(task)
+                task.add_done_callback(reloads.discard)
+
+            loop.add_signal_handler(signal.SIGHUP, reload_on_signal)
 
         async def announce() -> None:
             ps = proxy_master.addons.get("proxyserver")

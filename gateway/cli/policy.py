@@ -1,10 +1,13 @@
-"""``wardgate policy test|eval|explain|schema``: write Rego against the real input, test it with real OPA."""
+"""``wardgate policy test|eval|explain|reload|schema``: write Rego against the real input, test it with real OPA."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -13,9 +16,10 @@ import click
 from pydantic import ValidationError
 
 from ..audit import AuditQuery, query_records
-from ..errors import BadRequest, NotFound
+from ..errors import BadRequest, ConfigError, DependencyUnavailable, NotFound
 from ..opa_process import find_opa
 from ..policy import PolicyInput
+from ..policy_reload import policy_revision
 from ..settings import Settings
 from ._context import CliContext, pass_cli, print_json
 
@@ -123,6 +127,39 @@ def explain(cli: CliContext, audit_id: str, as_json: bool) -> None:
         click.echo("  CHANGED: same outcome, different reasons")
     if redacted:
         click.echo("  note: argument fields the policy marked sensitive were not recorded; rules on them saw [redacted]")
+
+
+@policy.command("reload")
+@click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait for the gateway to answer.")
+@pass_cli
+def reload(cli: CliContext, timeout: float) -> None:
+    """Check the policies compile, then make the running gateway load them (no call is dropped)."""
+    settings = cli.settings()
+    command = [find_opa(settings.opa.binary), "check", "--ignore", "*_test.rego", "--ignore", ".*"]
+    done = subprocess.run([*command, *map(str, settings.opa.paths)], capture_output=True, text=True, timeout=120)
+    if done.returncode != 0:
+        raise ConfigError(
+            "the policies do not compile; the gateway keeps serving the previous ones:\n" + (done.stderr or done.stdout).strip(),
+            code="policy_rejected",
+        )
+    listeners = settings.run_dir / "listeners.json"
+    status_file = settings.run_dir / "policy.json"
+    if not listeners.exists():
+        click.echo("policies compile; no gateway is running under this home to reload")
+        return
+    wanted = policy_revision(settings.opa.paths)
+    asked = time.time()
+    os.kill(int(json.loads(listeners.read_text())["pid"]), signal.SIGHUP)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = json.loads(status_file.read_text()) if status_file.exists() else {}
+        if status.get("time", 0) >= asked and status.get("attempted") == wanted:
+            if status["state"] == "rejected":
+                raise ConfigError(f"{status['error']} (still serving {status['revision'][:12]})", code="policy_rejected")
+            click.echo(f"reloaded: serving policy revision {status['revision'][:12]}")
+            return
+        time.sleep(0.1)
+    raise DependencyUnavailable("the gateway did not report a reload in time", code="policy_reload_timeout")
 
 
 @policy.command("schema")
