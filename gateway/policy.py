@@ -138,6 +138,8 @@ class Decision(BaseModel):
     require_approval: StrictBool = False
     redact: list[StrictStr] = []
     limits: dict[str, Any] = {}
+    # Report mode: a denial is recorded as `would_deny` and the call proceeds (rolling out a policy).
+    report_only: StrictBool = False
     decision_id: str | None = None
 
 

@@ -37,6 +37,8 @@ class Call:
     render_error: Callable[[WardgateError, str], ErrorResponse] | None = None
     # The document the decision was asked on; kept with the intent or refusal record.
     policy_document: PolicyInput | None = None
+    # Denied, but the policy is in report mode for this caller: recorded as would_deny, forwarded.
+    would_deny: bool = False
 
     def record(self, flow: http.HTTPFlow, kind: Kind, **values: object) -> AuditRecord:
         """An audit record for this call, filled from the principal, the request and ``values``."""
@@ -58,7 +60,7 @@ class Call:
             record.tenant, record.agent, record.user = principal.tenant, principal.agent, principal.user
             record.token_id, record.run = principal.token_id, principal.run
         if decision is not None:
-            record.decision = "allow" if decision.allow else "deny"
+            record.decision = "would_deny" if self.would_deny else "allow" if decision.allow else "deny"
             record.reasons = list(decision.reasons)
             record.decision_id = decision.decision_id
         if self.mcp is not None:

@@ -8,6 +8,7 @@ is committed.
 
 from __future__ import annotations
 
+import logging
 import time
 from urllib.parse import parse_qs
 
@@ -28,6 +29,8 @@ from wardgate.gateway.policy import (
 
 from .call import call_of
 from .refusals import refuse
+
+log = logging.getLogger("wardgate.policy")
 
 
 def policy_input(flow: http.HTTPFlow) -> PolicyInput:
@@ -84,7 +87,11 @@ class EgressPolicy:
             await refuse(flow, error, self._audit, self._audit_timeout)
             return
         call.policy_ms = (time.perf_counter() - started) * 1000
-        if not call.decision.allow:
+        if not call.decision.allow and call.decision.report_only:
+            call.would_deny = True
+            log.warning("call %s would be denied (%s); report mode lets it through",
+                        call.call_id, ",".join(call.decision.reasons))
+        elif not call.decision.allow:
             denied = PolicyDenied("the policy does not allow this call", reasons=call.decision.reasons)
             await refuse(flow, denied, self._audit, self._audit_timeout)
             return

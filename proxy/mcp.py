@@ -215,7 +215,7 @@ class McpGateway:
                              protocol_version=base.mcp.protocol_version, listing=True)
             async with gate:
                 decision = await self._policy.decide(base.model_copy(update={"mcp": probe}))
-            return decision.allow
+            return decision.allow or decision.report_only
 
         verdicts = await asyncio.gather(*(may_call(name) for name in names), return_exceptions=True)
         for verdict in verdicts:

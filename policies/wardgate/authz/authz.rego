@@ -18,12 +18,17 @@ import rego.v1
 
 default decision := {"allow": false, "reasons": ["no_rule_allows"]}
 
-decision := {"allow": true, "reasons": sort([r | some r in allow_reasons]), "redact": redact} if {
+decision := {"allow": false, "reasons": ["no_rule_allows"], "redact": redact, "report_only": report_only} if {
+	count(deny_reasons) == 0
+	count(allow_reasons) == 0
+}
+
+decision := {"allow": true, "reasons": sort([r | some r in allow_reasons]), "redact": redact, "report_only": report_only} if {
 	count(deny_reasons) == 0
 	count(allow_reasons) > 0
 }
 
-decision := {"allow": false, "reasons": sort([r | some r in deny_reasons]), "redact": redact} if {
+decision := {"allow": false, "reasons": sort([r | some r in deny_reasons]), "redact": redact, "report_only": report_only} if {
 	count(deny_reasons) > 0
 }
 
@@ -117,3 +122,11 @@ deny_reasons contains "destination_not_allowed" if {
 deny_reasons contains "unknown_tenant" if {
 	not data.wardgate.config.tenants[input.identity.tenant]
 }
+
+# Report mode, for rolling out a stricter policy: a denial is logged as `would_deny` and the call
+# proceeds. Per tenant (tenants[<t>].report_only = true) or per agent (report_only_agents).
+default report_only := false
+
+report_only if data.wardgate.config.tenants[input.identity.tenant].report_only == true
+
+report_only if input.identity.agent in object.get(data.wardgate.config, "report_only_agents", [])

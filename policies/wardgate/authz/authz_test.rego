@@ -117,3 +117,17 @@ test_mcp_without_tool_list_allows_any_tool if {
 	d := authz.decision with input as doc with data.wardgate.config.tenants as {"acme": {"allow": mcp_tenants.acme.allow}}
 	d.allow == true
 }
+
+test_report_only_per_tenant if {
+	d := authz.decision with input as call("acme", [], "GET", "evil.test", 443, "/")
+		with data.wardgate.config.tenants as {"acme": {"allow": [], "report_only": true}}
+	d.allow == false
+	d.report_only == true
+}
+
+test_report_only_per_agent if {
+	d := authz.decision with input as call("acme", [], "GET", "evil.test", 443, "/")
+		with data.wardgate.config as {"tenants": tenants, "report_only_agents": ["bot"]}
+	d.report_only == true
+	not decide(call("acme", [], "GET", "evil.test", 443, "/")).report_only
+}
