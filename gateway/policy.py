@@ -156,6 +156,8 @@ class PolicyClient:
         )
         self._package, _, self._rule = decision_path.replace("/", ".").rpartition(".")
         self._timeout = timeout
+        # Digest of the policy files being served, when wardgate manages OPA (audit: policy_revision).
+        self.revision: str | None = None
 
     async def retarget(self, url: str) -> None:
         """Send new queries to ``url``; queries already in flight finish on the old connection."""

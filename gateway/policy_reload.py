@@ -74,6 +74,7 @@ class PolicyReloader:
         self._grace = grace
         self._lock = asyncio.Lock()
         self.revision = policy_revision(paths)
+        policy.revision = self.revision
         self._write_status("serving", None, self.revision)
 
     async def reload(self, reason: str) -> bool:
@@ -87,7 +88,7 @@ class PolicyReloader:
                 self._write_status("rejected", error.message, attempted)
                 return False
             await self._policy.retarget(url)
-            self.revision = attempted
+            self.revision = self._policy.revision = attempted
             log.warning("policy reloaded (%s): revision %s", reason, attempted[:12])
             self._write_status("serving", None, attempted)
             return True

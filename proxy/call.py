@@ -39,6 +39,7 @@ class Call:
     policy_document: PolicyInput | None = None
     # Denied, but the policy is in report mode for this caller: recorded as would_deny, forwarded.
     would_deny: bool = False
+    policy_revision: str | None = None
 
     def record(self, flow: http.HTTPFlow, kind: Kind, **values: object) -> AuditRecord:
         """An audit record for this call, filled from the principal, the request and ``values``."""
@@ -63,6 +64,7 @@ class Call:
             record.decision = "would_deny" if self.would_deny else "allow" if decision.allow else "deny"
             record.reasons = list(decision.reasons)
             record.decision_id = decision.decision_id
+            record.policy_revision = self.policy_revision
         if self.mcp is not None:
             record.mcp_method, record.mcp_tool = self.mcp.method, self.mcp.tool
             # Arguments are kept only once the policy has said which of them are sensitive.

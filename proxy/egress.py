@@ -81,6 +81,7 @@ class EgressPolicy:
         started = time.perf_counter()
         try:
             call.policy_document = policy_input(flow)
+            call.policy_revision = self._policy.revision
             call.decision = await self._policy.decide(call.policy_document)
         except WardgateError as error:
             call.policy_ms = (time.perf_counter() - started) * 1000

@@ -159,13 +159,17 @@ async def serve(settings: Settings, on_ready: Callable[[Listeners], None]) -> No
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, proxy_master.shutdown)
         reloads: set[asyncio.Task[bool]] = set()
-        if reloader is not None:
-            def reload_on_signal() -> None:
-                task = asyncio.create_task(reloader.reload("SIGHUP"))
-                reloads.add(task)
-                task.add_done_callback(reloads.discard)
 
-            loop.add_signal_handler(signal.SIGHUP, reload_on_signal)
+        def reload_on_signal() -> None:
+            # SIGHUP must never stop the gateway, whatever the OPA mode.
+            if reloader is None:
+                log.warning("SIGHUP: the external OPA reloads its own policies; nothing to do")
+                return
+            task = asyncio.create_task(reloader.reload("SIGHUP"))
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, reload_on_signal)
 
         async def announce() -> None:
             ps = proxy_master.addons.get("proxyserver")

@@ -98,6 +98,7 @@ def explain(cli: CliContext, audit_id: str, as_json: bool) -> None:
     report = {
         "audit_id": audit_id,
         "recorded": {"allow": then_allow, "reasons": then_reasons, "decision": recorded["decision"], "error": recorded["error"]},
+        "policy_revision": {"recorded": recorded.get("policy_revision"), "now": policy_revision(settings.opa.paths)},
         "now": now,
         "changed": then_allow != now_allow or sorted(then_reasons) != sorted(now_reasons),
         "input": document,
@@ -115,6 +116,10 @@ def explain(cli: CliContext, audit_id: str, as_json: bool) -> None:
         mcp = document["mcp"]
         click.echo(f"  mcp {mcp['method']}" + (f" tool {mcp['tool']}" if mcp.get("tool") else ""))
     shown_then = recorded["decision"] + (f" ({recorded['error']})" if recorded["decision"] == "error" else "")
+    if recorded.get("policy_revision"):
+        current = policy_revision(settings.opa.paths)
+        same = "same files" if current == recorded["policy_revision"] else f"files now {current[:12]}"
+        click.echo(f"  decided under policy revision {recorded['policy_revision'][:12]} ({same})")
     click.echo(f"  recorded: {shown_then:<6} {', '.join(then_reasons) or '-'}")
     click.echo(f"  now:      {('allow' if now_allow else 'deny'):<6} {', '.join(now_reasons) or '-'}")
     if not report["changed"]:
@@ -142,6 +147,9 @@ def reload(cli: CliContext, timeout: float) -> None:
             "the policies do not compile; the gateway keeps serving the previous ones:\n" + (done.stderr or done.stdout).strip(),
             code="policy_rejected",
         )
+    if settings.opa.mode == "external":
+        click.echo("policies compile; the external OPA at opa.url loads its own policies")
+        return
     listeners = settings.run_dir / "listeners.json"
     status_file = settings.run_dir / "policy.json"
     if not listeners.exists():

@@ -41,6 +41,7 @@ def test_explain_shows_what_a_policy_change_does(
     same = explain(gateway, tmp_path, [POLICIES, acme_policy], denied)
     assert same.returncode == 0, same.stderr
     assert "recorded: deny" in same.stdout and "unchanged" in same.stdout
+    assert "decided under policy revision" in same.stdout and "(same files)" in same.stdout
 
     widened = write_tenant_policy(tmp_path / "widened", "acme", [{"host": "127.0.0.1", "methods": ["GET"]}])
     changed = explain(gateway, tmp_path, [POLICIES, widened], denied)
@@ -51,6 +52,7 @@ def test_explain_shows_what_a_policy_change_does(
     assert report["changed"] is True
     assert report["recorded"] == {"allow": False, "reasons": ["destination_not_allowed"], "decision": "deny", "error": "policy_denied"}
     assert report["now"]["allow"] is True
+    assert report["policy_revision"]["recorded"] != report["policy_revision"]["now"]
     assert report["input"]["identity"]["user"] == "bob"
     assert "proxy-authorization" not in report["input"]["request"]["headers"]
 
