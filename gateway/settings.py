@@ -24,6 +24,8 @@ from .errors import ConfigError
 ENV_PREFIX = "WARDGATE_"
 # Variables that select where configuration lives rather than being part of it.
 ENV_LOCATORS = {"WARDGATE_HOME", "WARDGATE_CONFIG"}
+# Reserved for the test harness (e.g. WARDGATE_TEST_PG_DSN set by scripts/postgres.sh).
+ENV_RESERVED_PREFIX = "WARDGATE_TEST_"
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -67,7 +69,6 @@ class ProxySettings(_Section):
     listen: Listener = Listener(port=8080)
     # Upstream TLS is always verified; this adds a CA bundle to trust (tests, internal PKI).
     upstream_ca_file: Path | None = None
-    connect_timeout: float = 10.0
 
 
 class AdminSettings(_Section):
@@ -190,7 +191,7 @@ def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
     """``WARDGATE_PROXY__LISTEN__PORT=9000`` → {"proxy": {"listen": {"port": "9000"}}}."""
     tree: dict[str, Any] = {}
     for name, value in environ.items():
-        if not name.startswith(ENV_PREFIX) or name in ENV_LOCATORS:
+        if not name.startswith(ENV_PREFIX) or name in ENV_LOCATORS or name.startswith(ENV_RESERVED_PREFIX):
             continue
         path = [part.lower() for part in name[len(ENV_PREFIX):].split("__")]
         node = tree
