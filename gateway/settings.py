@@ -71,6 +71,27 @@ class ProxySettings(_Section):
     upstream_ca_file: Path | None = None
 
 
+class EgressSettings(_Section):
+    # Internal ranges (CIDR) the proxy may reach although they are loopback/private/etc.
+    # Cloud-metadata addresses stay refused whatever is listed here.
+    unsafe_allow_ranges: list[str] = []
+    resolve_timeout: float = 5.0
+
+    @field_validator("unsafe_allow_ranges")
+    @classmethod
+    def _cidrs(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        for item in value:
+            ipaddress.ip_network(item, strict=False)
+        return value
+
+    @field_validator("resolve_timeout", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> float:
+        return parse_duration(value)
+
+
 class AdminSettings(_Section):
     listen: Listener = Listener(port=8081)
 
@@ -131,6 +152,7 @@ class Settings(_Section):
     version: Literal[1] = 1
     home: Path = Path(".wardgate")
     proxy: ProxySettings = ProxySettings()
+    egress: EgressSettings = EgressSettings()
     admin: AdminSettings = AdminSettings()
     opa: OpaSettings = OpaSettings()
     identity: IdentitySettings = IdentitySettings()

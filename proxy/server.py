@@ -13,12 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
+from yarl import URL
 from mitmproxy import master, options
 from mitmproxy.addons import core, errorcheck, next_layer, proxyserver, tlsconfig
 
 from wardgate.gateway import admin, admin_token
 from wardgate.gateway.agents import AgentDirectory, AgentRegistry
 from wardgate.gateway.audit import AuditWriter
+from wardgate.gateway.destinations import DestinationGuard
 from wardgate.gateway.echo import build_echo_app
 from wardgate.gateway.identity import TokenVerifier
 from wardgate.gateway.keys import KeyRing
@@ -29,7 +31,9 @@ from wardgate.gateway.settings import Settings
 from . import protocol_errors
 from .audit_trail import AuditTrail
 from .auth import ProxyAuth
+from .destinations import DestinationCheck, DestinationPin
 from .egress import EgressPolicy
+from .intent import IntentRecord
 
 log = logging.getLogger("wardgate")
 
@@ -132,10 +136,24 @@ async def serve(settings: Settings, on_ready: Callable[[Listeners], None]) -> No
 
         verifier = TokenVerifier(keys, settings.identity, directory)
         timeout = settings.audit.commit_timeout
+        guard = DestinationGuard(settings.egress.unsafe_allow_ranges, resolve_timeout=settings.egress.resolve_timeout)
+        for address in (admin_addr, URL(opa_url).authority):
+            host, _, port = address.rpartition(":")
+            guard.protect(host, int(port))
+        if echo_addr:
+            host, _, port = echo_addr.rpartition(":")
+            guard.allow_exactly(host, int(port))
         protocol_errors.install()
         proxy_master = build_master(
             settings,
-            [ProxyAuth(verifier, audit, timeout), EgressPolicy(policy, audit, timeout), AuditTrail(audit)],
+            [
+                ProxyAuth(verifier, audit, timeout),
+                DestinationCheck(audit, timeout),
+                EgressPolicy(policy, audit, timeout),
+                DestinationPin(guard, audit, timeout),
+                IntentRecord(audit, timeout),
+                AuditTrail(audit),
+            ],
         )
         refresher = asyncio.create_task(directory.run(), name="agent-directory")
         stack.callback(refresher.cancel)
@@ -150,6 +168,7 @@ async def serve(settings: Settings, on_ready: Callable[[Listeners], None]) -> No
                     return
                 await asyncio.sleep(0.02)
             host, port = ps.listen_addrs()[0][:2]
+            guard.protect(host, port)
             listeners = Listeners(f"{host}:{port}", admin_addr, opa_url, managed.pid if managed else None, echo_addr, os.getpid())
             write_listeners(settings.run_dir / "listeners.json", listeners)
             on_ready(listeners)
