@@ -150,8 +150,16 @@ class AgentDirectory:
 
     async def lookup(self, name: str) -> Agent | None:
         agent = self._agents.get(name)
-        if agent is None and time.monotonic() - self._loaded_at > 0.2:
-            await self.refresh()
+        if agent is None:
+            # At most one reload per 0.2 s however many unknown names arrive; a name created
+            # just after the last reload waits for the next one instead of being refused.
+            wait = 0.2 - (time.monotonic() - self._loaded_at)
+            if wait > 0:
+                await asyncio.sleep(wait)
+            async with self._lock:
+                stale = time.monotonic() - self._loaded_at >= 0.2
+            if stale:
+                await self.refresh()
             agent = self._agents.get(name)
         return agent
 

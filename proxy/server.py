@@ -24,6 +24,8 @@ from wardgate.gateway.identity import TokenVerifier
 from wardgate.gateway.keys import KeyRing
 from wardgate.gateway.opa_process import ManagedOpa, wait_healthy
 from wardgate.gateway.policy import PolicyClient
+from wardgate.gateway.revocations import RevocationView, open_store
+from wardgate.gateway.revoker import Revoker
 from wardgate.gateway.settings import Settings
 
 from . import protocol_errors
@@ -97,6 +99,17 @@ async def serve(settings: Settings, on_ready: Callable[[Listeners], None]) -> No
     async with contextlib.AsyncExitStack() as stack:
         stack.push_async_callback(audit.stop)
         stack.callback(registry.close)
+        state_url = settings.state.url.get_secret_value() if settings.state.url else None
+        revocation_store = open_store(state_url, settings.state_db, settings.revocation.timeout)
+        await revocation_store.open()
+        stack.push_async_callback(revocation_store.close)
+        revocations = RevocationView(
+            revocation_store,
+            poll_interval=settings.revocation.poll_interval,
+            max_staleness=settings.revocation.max_staleness,
+        )
+        await revocations.refresh()
+        revoker = Revoker(revocation_store, audit, settings.audit.commit_timeout, revocations)
         managed: ManagedOpa | None = None
         if settings.opa.mode == "managed":
             managed = ManagedOpa(settings.opa, settings.home / "logs" / "opa.log")
@@ -118,7 +131,7 @@ async def serve(settings: Settings, on_ready: Callable[[Listeners], None]) -> No
             return True
 
         admin_runner, admin_addr = await _start_site(
-            admin.build_app(admin.AdminState(settings, keys, registry, audit, token, ready)),
+            admin.build_app(admin.AdminState(settings, keys, registry, audit, token, ready, revoker, revocations, directory)),
             settings.admin.listen.host,
             settings.admin.listen.port,
         )
@@ -130,15 +143,19 @@ async def serve(settings: Settings, on_ready: Callable[[Listeners], None]) -> No
             )
             stack.push_async_callback(echo_runner.cleanup)
 
-        verifier = TokenVerifier(keys, settings.identity, directory)
+        verifier = TokenVerifier(keys, settings.identity, directory, revocations)
         timeout = settings.audit.commit_timeout
         protocol_errors.install()
+        auth = ProxyAuth(verifier, audit, timeout, revocations)
         proxy_master = build_master(
             settings,
-            [ProxyAuth(verifier, audit, timeout), EgressPolicy(policy, audit, timeout), AuditTrail(audit)],
+            [auth, EgressPolicy(policy, audit, timeout), AuditTrail(audit)],
         )
+        auth.attach(proxy_master.addons.get("proxyserver"))
         refresher = asyncio.create_task(directory.run(), name="agent-directory")
         stack.callback(refresher.cancel)
+        revocation_feed = asyncio.create_task(revocations.run(), name="revocation-view")
+        stack.callback(revocation_feed.cancel)
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, proxy_master.shutdown)
