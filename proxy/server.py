@@ -32,6 +32,7 @@ from . import protocol_errors
 from .audit_trail import AuditTrail
 from .auth import ProxyAuth
 from .egress import EgressPolicy
+from .event_streams import EventStreams
 
 log = logging.getLogger("wardgate")
 
@@ -149,7 +150,7 @@ async def serve(settings: Settings, on_ready: Callable[[Listeners], None]) -> No
         auth = ProxyAuth(verifier, audit, timeout, revocations)
         proxy_master = build_master(
             settings,
-            [auth, EgressPolicy(policy, audit, timeout), AuditTrail(audit)],
+            [auth, EgressPolicy(policy, audit, timeout), AuditTrail(audit), EventStreams()],
         )
         auth.attach(proxy_master.addons.get("proxyserver"))
         refresher = asyncio.create_task(directory.run(), name="agent-directory")
