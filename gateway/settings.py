@@ -123,7 +123,7 @@ class StateSettings(_Section):
 
 class RevocationSettings(_Section):
     # The view is refreshed at least this often (PostgreSQL NOTIFY wakes it sooner).
-    poll_interval: float = Field(default=0.25, gt=0, le=5)
+    poll_interval: float = Field(default=0.25, gt=0, le=60)
     # Longer than this without a successful refresh: refuse calls (503 revocation_unavailable).
     max_staleness: float = Field(default=3.0, gt=0, le=300)
     # Bound on each call into the revocation store.

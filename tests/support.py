@@ -188,6 +188,12 @@ class Gateway:
                 self.process.wait()
 
 
+def gateway_environ() -> dict[str, str]:
+    """This process's environment minus the test harness's own WARDGATE_TEST_* variables, which
+    the gateway would otherwise read as (unknown) settings."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("WARDGATE_TEST_")}
+
+
 def start_gateway(
     root: Path, *, extra_config: str = "", policy_paths: list[Path] | None = None, upstream_ca: Path | None = None,
     env: dict[str, str] | None = None,
@@ -201,7 +207,7 @@ def start_gateway(
         lines += ["", "[proxy]", f"upstream_ca_file = {json.dumps(str(upstream_ca))}"]
     config.write_text("\n".join(lines) + "\n" + extra_config)
     log = root / "gateway.log"
-    environment = {**os.environ, "WARDGATE_HOME": str(home), **(env or {})}
+    environment = {**gateway_environ(), "WARDGATE_HOME": str(home), **(env or {})}
     environment.pop("WARDGATE_CONFIG", None)
     with open(log, "wb") as handle:
         process = subprocess.Popen(

@@ -18,7 +18,7 @@ import jwt
 import pytest
 import requests
 
-from support import Gateway, Upstream, start_gateway
+from support import Gateway, Upstream, gateway_environ, start_gateway
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,7 @@ def gw(opa_binary: str, tmp_path_factory: pytest.TempPathFactory, acme_policy: P
 
 
 def wardgate(gw: Gateway, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "WARDGATE_HOME": str(gw.home)}
+    env = {**gateway_environ(), "WARDGATE_HOME": str(gw.home)}
     env.pop("WARDGATE_CONFIG", None)
     done = subprocess.run([sys.executable, "-m", "wardgate.gateway.cli", "--config", str(gw.config), *args],
                           capture_output=True, text=True, timeout=60, env=env, cwd=gw.config.parent)
