@@ -137,6 +137,26 @@ class AuditSettings(_Section):
         return parse_duration(value)
 
 
+class StateSettings(_Section):
+    # Where shared state lives. Empty: the SQLite files under `home` (one machine).
+    # "postgresql://user@host/db": revocations are shared by every replica on that database.
+    url: SecretStr | None = None
+
+
+class RevocationSettings(_Section):
+    # The view is refreshed at least this often (PostgreSQL NOTIFY wakes it sooner).
+    poll_interval: float = Field(default=0.25, gt=0, le=60)
+    # Longer than this without a successful refresh: refuse calls (503 revocation_unavailable).
+    max_staleness: float = Field(default=3.0, gt=0, le=300)
+    # Bound on each call into the revocation store.
+    timeout: float = Field(default=1.0, gt=0, le=30)
+
+    @field_validator("poll_interval", "max_staleness", "timeout", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> float:
+        return parse_duration(value)
+
+
 class DemoSettings(_Section):
     # The embedded default (no config file) turns this on: `wardgate up` then registers a demo
     # agent, starts a tiny echo upstream on loopback and prints a curl line that works on a
@@ -158,6 +178,8 @@ class Settings(_Section):
     identity: IdentitySettings = IdentitySettings()
     audit: AuditSettings = AuditSettings()
     demo: DemoSettings = DemoSettings()
+    state: StateSettings = StateSettings()
+    revocation: RevocationSettings = RevocationSettings()
     admin_token: SecretStr | None = None
 
     @property

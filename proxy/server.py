@@ -26,6 +26,8 @@ from wardgate.gateway.identity import TokenVerifier
 from wardgate.gateway.keys import KeyRing
 from wardgate.gateway.opa_process import ManagedOpa, wait_healthy
 from wardgate.gateway.policy import PolicyClient
+from wardgate.gateway.revocations import RevocationView, open_store
+from wardgate.gateway.revoker import Revoker
 from wardgate.gateway.settings import Settings
 
 from . import protocol_errors
@@ -33,6 +35,7 @@ from .audit_trail import AuditTrail
 from .auth import ProxyAuth
 from .destinations import DestinationCheck, DestinationPin
 from .egress import EgressPolicy
+from .event_streams import EventStreams
 from .intent import IntentRecord
 
 log = logging.getLogger("wardgate")
@@ -101,6 +104,17 @@ async def serve(settings: Settings, on_ready: Callable[[Listeners], None]) -> No
     async with contextlib.AsyncExitStack() as stack:
         stack.push_async_callback(audit.stop)
         stack.callback(registry.close)
+        state_url = settings.state.url.get_secret_value() if settings.state.url else None
+        revocation_store = open_store(state_url, settings.state_db, settings.revocation.timeout)
+        await revocation_store.open()
+        stack.push_async_callback(revocation_store.close)
+        revocations = RevocationView(
+            revocation_store,
+            poll_interval=settings.revocation.poll_interval,
+            max_staleness=settings.revocation.max_staleness,
+        )
+        await revocations.refresh()
+        revoker = Revoker(revocation_store, audit, settings.audit.commit_timeout, revocations)
         managed: ManagedOpa | None = None
         if settings.opa.mode == "managed":
             managed = ManagedOpa(settings.opa, settings.home / "logs" / "opa.log")
@@ -122,7 +136,7 @@ async def serve(settings: Settings, on_ready: Callable[[Listeners], None]) -> No
             return True
 
         admin_runner, admin_addr = await _start_site(
-            admin.build_app(admin.AdminState(settings, keys, registry, audit, token, ready)),
+            admin.build_app(admin.AdminState(settings, keys, registry, audit, token, ready, revoker, revocations, directory)),
             settings.admin.listen.host,
             settings.admin.listen.port,
         )
@@ -134,7 +148,7 @@ async def serve(settings: Settings, on_ready: Callable[[Listeners], None]) -> No
             )
             stack.push_async_callback(echo_runner.cleanup)
 
-        verifier = TokenVerifier(keys, settings.identity, directory)
+        verifier = TokenVerifier(keys, settings.identity, directory, revocations)
         timeout = settings.audit.commit_timeout
         guard = DestinationGuard(settings.egress.unsafe_allow_ranges, resolve_timeout=settings.egress.resolve_timeout)
         for address in (admin_addr, URL(opa_url).authority):
@@ -144,19 +158,24 @@ async def serve(settings: Settings, on_ready: Callable[[Listeners], None]) -> No
             host, _, port = echo_addr.rpartition(":")
             guard.allow_exactly(host, int(port))
         protocol_errors.install()
+        auth = ProxyAuth(verifier, audit, timeout, revocations)
         proxy_master = build_master(
             settings,
             [
-                ProxyAuth(verifier, audit, timeout),
+                auth,
                 DestinationCheck(audit, timeout),
                 EgressPolicy(policy, audit, timeout),
                 DestinationPin(guard, audit, timeout),
                 IntentRecord(audit, timeout),
                 AuditTrail(audit),
+                EventStreams(),
             ],
         )
+        auth.attach(proxy_master.addons.get("proxyserver"))
         refresher = asyncio.create_task(directory.run(), name="agent-directory")
         stack.callback(refresher.cancel)
+        revocation_feed = asyncio.create_task(revocations.run(), name="revocation-view")
+        stack.callback(revocation_feed.cancel)
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, proxy_master.shutdown)

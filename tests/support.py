@@ -191,6 +191,11 @@ class Gateway:
 LOOPBACK_RANGES = ["127.0.0.0/8", "::1/128"]
 
 
+def gateway_environ() -> dict[str, str]:
+    """This process's environment minus the test harness's own WARDGATE_TEST_* variables."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("WARDGATE_TEST_")}
+
+
 def start_gateway(
     root: Path, *, extra_config: str = "", policy_paths: list[Path] | None = None, upstream_ca: Path | None = None,
     env: dict[str, str] | None = None, allow_ranges: list[str] | None = LOOPBACK_RANGES,
@@ -207,7 +212,7 @@ def start_gateway(
         lines += ["", "[egress]", f"unsafe_allow_ranges = {json.dumps(allow_ranges)}"]
     config.write_text("\n".join(lines) + "\n" + extra_config)
     log = root / "gateway.log"
-    environment = {**os.environ, "WARDGATE_HOME": str(home), **(env or {})}
+    environment = {**gateway_environ(), "WARDGATE_HOME": str(home), **(env or {})}
     environment.pop("WARDGATE_CONFIG", None)
     with open(log, "wb") as handle:
         process = subprocess.Popen(

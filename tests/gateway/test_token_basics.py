@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import time
 from pathlib import Path
 
 import jwt
@@ -53,42 +52,6 @@ def test_ttl_above_the_cap_is_not_minted(parts) -> None:  # noqa: ANN001
     with pytest.raises(IdentityError) as caught:
         issuer.mint(agent="bot", tenant="acme", user="alice", scopes=(), ttl=10 * 3600)
     assert caught.value.code == "token_ttl_invalid"
-
-
-@pytest.mark.parametrize(
-    ("mutate", "code"),
-    [
-        (lambda t, k: t[:-4] + ("AAAA" if not t.endswith("AAAA") else "BBBB"), "identity_invalid"),
-        (lambda t, k: "not-a-jwt", "identity_malformed"),
-        (lambda t, k: "x" * 9000, "identity_token_too_large"),
-        (lambda t, k: jwt.encode({"sub": "a"}, key=None, algorithm="none"), "identity_algorithm_refused"),
-        (lambda t, k: jwt.encode({"sub": "a"}, "s" * 32, algorithm="HS256", headers={"typ": "at+jwt"}), "identity_algorithm_refused"),
-        (lambda t, k: _resign(t, k, headers={"typ": "JWT"}), "identity_wrong_type"),
-        (lambda t, k: _resign(t, k, headers={"jwk": {"kty": "OKP"}}), "identity_header_refused"),
-        (lambda t, k: _resign(t, k, headers={"kid": "someone-else"}), "identity_unknown_key"),
-        (lambda t, k: _resign(t, k, claims={"aud": "other"}), "identity_invalid"),
-        (lambda t, k: _resign(t, k, claims={"iss": "other"}), "identity_invalid"),
-        (lambda t, k: _resign(t, k, claims={"exp": int(time.time()) - 120}), "identity_expired"),
-        (lambda t, k: _resign(t, k, claims={"act": None}), "identity_claims_invalid"),
-        (lambda t, k: _resign(t, k, claims={"exp": int(time.time()) + 86400}), "identity_ttl_exceeded"),
-    ],
-    ids=["tampered", "malformed", "oversized", "alg-none", "hs256", "typ", "header-jwk", "unknown-kid",
-         "audience", "issuer", "expired", "no-actor", "ttl-cap"],
-)
-def test_hostile_tokens_are_refused(parts, mutate, code: str) -> None:  # noqa: ANN001
-    issuer, verifier, _, keys = parts
-    token = issuer.mint(agent="bot", tenant="acme", user="alice", scopes=(), ttl=60)
-    with pytest.raises(IdentityError) as caught:
-        asyncio.run(verifier.verify(mutate(token, keys)))
-    assert caught.value.code == code
-    assert caught.value.status == 407
-
-
-def _resign(token: str, keys: KeyRing, headers: dict | None = None, claims: dict | None = None) -> str:
-    payload = jwt.decode(token, options={"verify_signature": False})
-    payload.update(claims or {})
-    head = {"kid": keys.signing.kid, "typ": "at+jwt", **(headers or {})}
-    return jwt.encode(payload, keys.signing.private_key, algorithm="EdDSA", headers=head)
 
 
 def test_disabled_or_unknown_agent_is_refused(parts) -> None:  # noqa: ANN001
