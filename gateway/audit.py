@@ -149,7 +149,8 @@ class CheckpointPolicy:
     sink: CheckpointSink | None = None
 
 
-_Item = tuple[AuditRecord, "asyncio.Future[None] | None"]
+# (record, future the caller awaits or None, spool the record if the store refuses it)
+_Item = tuple[AuditRecord, "asyncio.Future[None] | None", bool]
 
 
 class AuditWriter:
@@ -209,12 +210,12 @@ class AuditWriter:
         """Nothing waits in the spool: every record so far is in the store."""
         return self.spooled == 0
 
-    def submit(self, record: AuditRecord) -> asyncio.Future[None]:
+    def submit(self, record: AuditRecord, *, spool_on_failure: bool = False) -> asyncio.Future[None]:
         """Queue ``record``; the future resolves once it is committed (or fails)."""
         assert self._loop is not None, "AuditWriter.start() first"
         future: asyncio.Future[None] = self._loop.create_future()
         self.pending += 1
-        self._queue.put((record, future))
+        self._queue.put((record, future, spool_on_failure))
         return future
 
     def record_later(self, record: AuditRecord) -> None:
@@ -223,17 +224,19 @@ class AuditWriter:
         If the store cannot take it, the writer puts it in the spool instead (see audit_spool).
         """
         self.pending += 1
-        self._queue.put((record, None))
+        self._queue.put((record, None, True))
 
-    async def commit(self, record: AuditRecord, timeout: float) -> None:
-        """Commit ``record`` durably or raise ``audit_unavailable``: the caller must not proceed."""
-        future = self.submit(record)
+    async def commit(self, record: AuditRecord, timeout: float, *, spool_on_failure: bool = False) -> None:
+        """Commit ``record`` durably or raise ``audit_unavailable``: the caller must not proceed.
+
+        ``spool_on_failure`` (refusals): if the store refuses the record, keep it in the spool
+        anyway; the caller still gets the error, since the record is not in the store yet.
+        """
+        future = self.submit(record, spool_on_failure=spool_on_failure)
         try:
             await asyncio.wait_for(asyncio.shield(future), timeout)
         except TimeoutError:
-            # Tell the writer nobody waits any more: if the write then fails, it spools the record
-            # rather than dropping it (the call was refused, but the attempt stays on record).
-            future.cancel()
+            future.cancel()  # nobody waits any more; the writer still commits (or spools) it
             raise DependencyUnavailable("audit record could not be committed in time", code="audit_unavailable") from None
 
     # -- writer thread ---------------------------------------------------------------------------
@@ -325,16 +328,17 @@ class AuditWriter:
     def _write(self, conn: sqlite3.Connection, batch: list[_Item]) -> None:
         error: BaseException | None = None
         try:
-            self._insert(conn, [record for record, _ in batch])
+            self._insert(conn, [record for record, _, _ in batch])
         except sqlite3.Error as exc:
             error = exc
             log.error("audit store write failed (%s records): %s", len(batch), exc)
-            # Records nobody waits for (outcomes, or callers that gave up) go to the spool.
-            orphans = [record for record, future in batch if future is None or future.cancelled()]
+            # Outcomes and refusals go to the spool; an intent that failed is a refused call
+            # (its refusal record says so), so it is not kept as if it had gone out.
+            orphans = [record for record, _, keep in batch if keep]
             if orphans:
                 self._to_spool(orphans)
         assert self._loop is not None
-        self._loop.call_soon_threadsafe(self._resolve, [f for _, f in batch], error)
+        self._loop.call_soon_threadsafe(self._resolve, [f for _, f, _ in batch], error)
 
     def _to_spool(self, records: list[AuditRecord]) -> None:
         if self._spool is None:
@@ -359,7 +363,7 @@ class AuditWriter:
                     chunk = [r.id for r in records[start:start + 500]]
                     marks = ",".join("?" * len(chunk))
                     present.update(row[0] for row in conn.execute(f"SELECT id FROM audit_records WHERE id IN ({marks})", chunk))
-                fresh = [r for r in records if r.id not in present]
+                fresh = list({r.id: r for r in records if r.id not in present}.values())
                 if fresh:
                     self._insert(conn, fresh)
             self._spool.clear()
