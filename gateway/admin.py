@@ -9,18 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from aiohttp import web
 
 from . import admin_token
 from .agents import AgentRegistry
-from .audit import AuditQuery, AuditWriter, query_records
+from .audit import AuditWriter, query_records
+from .audit_filters import query_from
 from .errors import AdminAuthError, BadRequest, NotFound, WardgateError, to_response
 from .keys import KeyRing
-from .settings import Settings, parse_duration
+from .settings import Settings
 
 
 @dataclass
@@ -115,26 +115,30 @@ async def get_agent(request: web.Request) -> web.Response:
 
 
 async def audit_records(request: web.Request) -> web.Response:
-    params = request.query
-    try:
-        limit = int(params.get("limit", "100"))
-        since = parse_duration(params["since"]) if "since" in params else None
-    except ValueError:
-        raise BadRequest("limit must be an integer and since a duration like 2h") from None
-    query = AuditQuery(
-        agent=params.get("agent"),
-        user=params.get("user"),
-        tenant=params.get("tenant"),
-        host=params.get("host"),
-        call_id=params.get("call_id"),
-        since=time.time() - since if since is not None else None,
-        limit=limit,
-    )
+    """The filters of ``wardgate audit query``; newest first; ``cursor`` continues after a page.
+
+    Under ``/v1/tenants/{tenant}/audit/records`` the tenant filter is fixed by the path and a
+    ``tenant`` parameter naming another tenant is refused.
+    """
+    params = dict(request.query)
+    scoped = request.match_info.get("tenant")
+    if scoped is not None:
+        if params.get("tenant") not in (None, scoped):
+            raise BadRequest("tenant parameter conflicts with the tenant in the path", code="tenant_mismatch")
+        params["tenant"] = scoped
+    query = replace(query_from(params), before=params.get("cursor") or None)
     records = await asyncio.to_thread(query_records, request.app[STATE].settings.audit_db, query)
     if query.call_id and not records:
         raise NotFound("no audit record with that call id", code="audit_record_not_found")
-    return web.json_response({"records": records})
+    next_cursor = records[-1]["id"] if len(records) == query.limit else None
+    return web.json_response({"records": records, "next_cursor": next_cursor})
 
+
+AUDIT_PARAMETERS = [
+    {"name": name, "in": "query", "required": False, "schema": {"type": "string"}}
+    for name in ("agent", "user", "tenant", "run", "host", "method", "decision", "status", "kind", "call_id",
+                 "path", "since", "until", "limit", "cursor")
+]
 
 OPENAPI = {
     "openapi": "3.1.0",
@@ -159,7 +163,12 @@ OPENAPI = {
                                                       "schema": {"type": "string"}}],
                                       "responses": {"200": {"description": "agent"},
                                                     "404": {"description": "unknown"}}}},
-        "/v1/audit/records": {"get": {"security": [{"admin": []}], "responses": {"200": {"description": "records"}}}},
+        "/v1/audit/records": {"get": {"security": [{"admin": []}], "parameters": AUDIT_PARAMETERS,
+                                      "responses": {"200": {"description": "records and next_cursor"},
+                                                    "400": {"description": "invalid filter"}}}},
+        "/v1/tenants/{tenant}/audit/records": {"get": {"security": [{"admin": []}], "parameters": [
+            {"name": "tenant", "in": "path", "required": True, "schema": {"type": "string"}}, *AUDIT_PARAMETERS],
+            "responses": {"200": {"description": "one tenant's records and next_cursor"}}}},
     },
 }
 
@@ -180,4 +189,5 @@ def build_app(state: AdminState) -> web.Application:
     app.router.add_post("/v1/agents", create_agent)
     app.router.add_get("/v1/agents/{name}", get_agent)
     app.router.add_get("/v1/audit/records", audit_records)
+    app.router.add_get("/v1/tenants/{tenant}/audit/records", audit_records)
     return app

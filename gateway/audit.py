@@ -404,34 +404,60 @@ class AuditWriter:
 
 @dataclass(frozen=True, slots=True)
 class AuditQuery:
+    """Filters on the audit log. Equality on the named columns; ``path_contains`` is free text in
+    the path; ``since``/``until`` are epoch seconds; ``before``/``after`` are record ids (cursors)."""
+
     agent: str | None = None
     user: str | None = None
     tenant: str | None = None
+    run: str | None = None
     host: str | None = None
+    method: str | None = None
+    decision: str | None = None
+    status: int | None = None
+    kind: str | None = None
     call_id: str | None = None
+    path_contains: str | None = None
     since: float | None = None
+    until: float | None = None
+    before: str | None = None
+    after: str | None = None
+    oldest_first: bool = False
     limit: int = 100
 
 
-def query_records(path: Path, q: AuditQuery) -> list[dict[str, Any]]:
-    """Newest first. Opens its own read connection: readers never block the writer under WAL."""
-    if not path.exists():
-        return []
+_EQUALITY = ("agent", "user", "tenant", "run", "host", "method", "decision", "status", "kind", "call_id")
+
+
+def query_sql(q: AuditQuery) -> tuple[str, list[Any]]:
+    """The SELECT for ``q`` (parameters bound, never interpolated)."""
     clauses, params = [], []
-    for column in ("agent", "user", "tenant", "host", "call_id"):
+    for column in _EQUALITY:
         value = getattr(q, column)
         if value is not None:
             clauses.append(f"{column} = ?")
+            params.append(value.upper() if column == "method" else value)
+    if q.path_contains:
+        clauses.append("instr(path, ?) > 0")
+        params.append(q.path_contains)
+    for column, op, value in (("time", ">=", q.since), ("time", "<", q.until), ("id", "<", q.before), ("id", ">", q.after)):
+        if value is not None:
+            clauses.append(f"{column} {op} ?")
             params.append(value)
-    if q.since is not None:
-        clauses.append("time >= ?")
-        params.append(q.since)
     where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+    order = "ASC" if q.oldest_first else "DESC"
+    params.append(max(1, min(q.limit, 10000)))
+    return f"SELECT * FROM audit_records {where} ORDER BY id {order} LIMIT ?", params
+
+
+def query_records(path: Path, q: AuditQuery) -> list[dict[str, Any]]:
+    """Newest first (or oldest first). Its own read connection: readers never block the writer under WAL."""
+    if not path.exists():
+        return []
+    sql, params = query_sql(q)
     conn = connect(path, schema=SCHEMA)
     try:
-        rows = conn.execute(
-            f"SELECT * FROM audit_records {where} ORDER BY id DESC LIMIT ?", (*params, max(1, min(q.limit, 10000)))
-        ).fetchall()
+        rows = conn.execute(sql, params).fetchall()
     finally:
         conn.close()
     result = []
