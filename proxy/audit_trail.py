@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 from mitmproxy import http
 
 from wardgate.gateway.audit import AuditWriter
+from wardgate.gateway.usage import extract_usage
 
 from .call import KEY, call_of
 
@@ -25,6 +27,9 @@ class AuditTrail:
             return
         assert flow.response is not None
         now = time.perf_counter()
+        usage = None
+        if flow.response.raw_content is not None:  # None when another addon streamed the body through
+            usage = extract_usage(flow.response.headers.get("content-type"), flow.response.get_content(strict=False))
         self._audit.record_later(
             call.record(
                 flow,
@@ -34,6 +39,7 @@ class AuditTrail:
                 bytes_out=len(flow.response.raw_content or b""),
                 latency_upstream_ms=(now - call.forwarded_at) * 1000,
                 latency_total_ms=(now - call.started) * 1000,
+                usage=json.dumps(usage, sort_keys=True) if usage else None,
             )
         )
 

@@ -20,6 +20,7 @@ from ..audit_filters import parse_when, query_from
 from ..audit_keys import load_or_create_signer, load_public_keys
 from ..audit_prune import prune as prune_store
 from ..audit_setup import keys_dir
+from ..audit_usage import usage_report
 from ..audit_verify import render, verify_sqlite
 from ..errors import NotFound
 from ._context import CliContext, pass_cli, print_json, print_table
@@ -198,3 +199,19 @@ def prune(cli: CliContext, before: str, yes: bool) -> None:
     for item in done:
         click.echo(f"chain {item.writer}: {item.records} records removed through seq {item.through_seq}")
     click.echo(f"pruned {sum(i.records for i in done)} records older than {when} from {len(done)} chain(s)")
+
+
+@audit.command("usage")
+@click.option("--by", type=click.Choice(["user", "agent", "tenant", "run", "host", "model"]), default="user", show_default=True)
+@click.option("--since", help="Only calls newer than this: 7d, 2026-11-01.")
+@click.option("--until", help="Only calls older than this.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
+@pass_cli
+def usage(cli: CliContext, by: str, since: str | None, until: str | None, fmt: str) -> None:
+    """Token usage LLM APIs reported, summed per user, agent, tenant, run, host or model."""
+    rows = usage_report(cli.settings().audit_db, by, parse_when(since) if since else None,
+                        parse_when(until) if until else None)
+    if fmt == "table":
+        print_table(rows, [by, "calls", "input_tokens", "output_tokens", "total_tokens"])
+    else:
+        emit(rows, fmt)
