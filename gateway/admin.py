@@ -79,13 +79,15 @@ async def jwks(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    state = request.app[STATE]
-    lines = [
-        "# HELP wardgate_audit_queue_depth Audit records queued but not yet committed.",
-        "# TYPE wardgate_audit_queue_depth gauge",
-        f"wardgate_audit_queue_depth {state.audit.pending}",
-    ]
-    return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
+    audit = request.app[STATE].audit
+    gauges = {
+        "wardgate_audit_queue_depth": ("gauge", "Audit records queued but not yet committed.", audit.pending),
+        "wardgate_audit_spooled_records": ("gauge", "Audit records waiting in the local spool (replica unready).", audit.spooled),
+        "wardgate_audit_records_committed_total": ("counter", "Audit records committed by this process.", audit.committed),
+        "wardgate_audit_batches_total": ("counter", "Group-commit transactions by this process.", audit.batches),
+        "wardgate_audit_records_lost_total": ("counter", "Audit records neither stored nor spooled.", audit.lost),
+    }
+    return web.Response(text=audit.metrics.render(gauges), content_type="text/plain")
 
 
 async def list_agents(request: web.Request) -> web.Response:

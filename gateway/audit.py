@@ -33,6 +33,7 @@ from .audit_keys import CheckpointSigner
 from .audit_spool import Spool
 from .errors import DependencyUnavailable
 from .ids import new_id
+from .metrics import Metrics
 from .sqlite import connect
 
 log = logging.getLogger("wardgate.audit")
@@ -165,8 +166,10 @@ class AuditWriter:
         spool: Spool | None = None,
         busy_timeout: float = 5.0,
         retry_interval: float = 0.5,
+        metrics: Metrics | None = None,
     ) -> None:
         self._path = path
+        self.metrics = metrics or Metrics()
         self._max_batch = max_batch
         self._checkpoints = checkpoints
         self._spool = spool
@@ -214,6 +217,7 @@ class AuditWriter:
         """Queue ``record``; the future resolves once it is committed (or fails)."""
         assert self._loop is not None, "AuditWriter.start() first"
         future: asyncio.Future[None] = self._loop.create_future()
+        self.metrics.observe_record(record)
         self.pending += 1
         self._queue.put((record, future, spool_on_failure))
         return future
@@ -223,6 +227,7 @@ class AuditWriter:
 
         If the store cannot take it, the writer puts it in the spool instead (see audit_spool).
         """
+        self.metrics.observe_record(record)
         self.pending += 1
         self._queue.put((record, None, True))
 
@@ -233,8 +238,10 @@ class AuditWriter:
         anyway; the caller still gets the error, since the record is not in the store yet.
         """
         future = self.submit(record, spool_on_failure=spool_on_failure)
+        started = time.perf_counter()
         try:
             await asyncio.wait_for(asyncio.shield(future), timeout)
+            self.metrics.observe_commit(time.perf_counter() - started)
         except TimeoutError:
             future.cancel()  # nobody waits any more; the writer still commits (or spools) it
             raise DependencyUnavailable("audit record could not be committed in time", code="audit_unavailable") from None

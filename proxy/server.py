@@ -30,6 +30,7 @@ from . import protocol_errors
 from .audit_trail import AuditTrail
 from .auth import ProxyAuth
 from .egress import EgressPolicy
+from .trace import TraceContext
 
 log = logging.getLogger("wardgate")
 
@@ -137,7 +138,7 @@ async def serve(settings: Settings, on_ready: Callable[[Listeners], None]) -> No
         protocol_errors.install()
         proxy_master = build_master(
             settings,
-            [ProxyAuth(verifier, audit, timeout), EgressPolicy(policy, audit, timeout), AuditTrail(audit)],
+            [TraceContext(), ProxyAuth(verifier, audit, timeout), EgressPolicy(policy, audit, timeout), AuditTrail(audit)],
         )
         refresher = asyncio.create_task(directory.run(), name="agent-directory")
         stack.callback(refresher.cancel)
