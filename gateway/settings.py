@@ -130,8 +130,21 @@ class IdentitySettings(_Section):
 class AuditSettings(_Section):
     # How long an allowed call may wait for its intent record to be durably committed.
     commit_timeout: float = 2.0
+    # Signed checkpoints over each writer's chain: every N records, every T seconds while records
+    # arrive, and after `checkpoint_idle` without any (see docs/audit.md).
+    checkpoint_every: int = Field(default=1000, ge=1)
+    checkpoint_interval: float = 10.0
+    checkpoint_idle: float = 1.0
+    # The checkpoint signing key lives outside the database (default <home>/audit-keys).
+    keys_dir: Path | None = None
+    # External checkpoint sinks the database cannot rewrite: a file on another path, a command
+    # (argv list; gets one JSON line on stdin per checkpoint).
+    checkpoint_sink_file: Path | None = None
+    checkpoint_sink_command: list[str] | None = None
+    # Outcomes the store could not take are fsync'd here and replayed (default <home>/audit-spool.jsonl).
+    spool_file: Path | None = None
 
-    @field_validator("commit_timeout", mode="before")
+    @field_validator("commit_timeout", "checkpoint_interval", "checkpoint_idle", mode="before")
     @classmethod
     def _duration(cls, value: Any) -> float:
         return parse_duration(value)

@@ -43,6 +43,7 @@ class Call:
             path=request.path.split("?", 1)[0] if request.method != "CONNECT" else None,
             latency_policy_ms=self.policy_ms,
             credential_service=self.credential_service,
+            trace_id=flow.metadata.get("wardgate.trace_id"),
         )
         if principal is not None:
             record.tenant, record.agent, record.user = principal.tenant, principal.agent, principal.user

@@ -19,7 +19,7 @@ from mitmproxy.addons import core, errorcheck, next_layer, proxyserver, tlsconfi
 
 from wardgate.gateway import admin, admin_token
 from wardgate.gateway.agents import AgentDirectory, AgentRegistry
-from wardgate.gateway.audit import AuditWriter
+from wardgate.gateway.audit_setup import build_writer
 from wardgate.gateway.destinations import DestinationGuard
 from wardgate.gateway.echo import build_echo_app
 from wardgate.gateway.identity import TokenVerifier
@@ -37,6 +37,7 @@ from .destinations import DestinationCheck, DestinationPin
 from .egress import EgressPolicy
 from .event_streams import EventStreams
 from .intent import IntentRecord
+from .trace import TraceContext
 
 log = logging.getLogger("wardgate")
 
@@ -97,7 +98,7 @@ async def serve(settings: Settings, on_ready: Callable[[Listeners], None]) -> No
     registry = AgentRegistry(settings.state_db)
     directory = AgentDirectory(registry)
     await directory.refresh()
-    audit = AuditWriter(settings.audit_db)
+    audit = build_writer(settings)
     audit.start()
     token = settings.admin_token.get_secret_value() if settings.admin_token else admin_token.load_or_create(settings.home / "admin.token")
 
@@ -129,6 +130,8 @@ async def serve(settings: Settings, on_ready: Callable[[Listeners], None]) -> No
         )
 
         async def ready() -> bool:
+            if not audit.healthy:  # outcomes wait in the spool: drain before taking more calls
+                return False
             try:
                 await wait_healthy(opa_url, 0.5)
             except Exception:  # noqa: BLE001 - readiness reports, it never raises
@@ -162,6 +165,7 @@ async def serve(settings: Settings, on_ready: Callable[[Listeners], None]) -> No
         proxy_master = build_master(
             settings,
             [
+                TraceContext(),
                 auth,
                 DestinationCheck(audit, timeout),
                 EgressPolicy(policy, audit, timeout),
