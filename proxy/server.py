@@ -21,6 +21,7 @@ from wardgate.gateway.agents import AgentDirectory, AgentRegistry
 from wardgate.gateway.audit import AuditWriter
 from wardgate.gateway.echo import build_echo_app
 from wardgate.gateway.identity import TokenVerifier
+from wardgate.gateway.idempotency import IdempotencyStore
 from wardgate.gateway.keys import KeyRing
 from wardgate.gateway.opa_process import ManagedOpa, wait_healthy
 from wardgate.gateway.policy import PolicyClient
@@ -30,6 +31,7 @@ from . import protocol_errors
 from .audit_trail import AuditTrail
 from .auth import ProxyAuth
 from .egress import EgressPolicy
+from .idempotency import Idempotency
 
 log = logging.getLogger("wardgate")
 
@@ -133,9 +135,16 @@ async def serve(settings: Settings, on_ready: Callable[[Listeners], None]) -> No
         verifier = TokenVerifier(keys, settings.identity, directory)
         timeout = settings.audit.commit_timeout
         protocol_errors.install()
+        idempotency_store = IdempotencyStore(settings.home / "idempotency.db")
+        stack.callback(idempotency_store.close)
         proxy_master = build_master(
             settings,
-            [ProxyAuth(verifier, audit, timeout), EgressPolicy(policy, audit, timeout), AuditTrail(audit)],
+            [
+                ProxyAuth(verifier, audit, timeout),
+                EgressPolicy(policy, audit, timeout),
+                Idempotency(idempotency_store, settings.idempotency, audit, timeout),
+                AuditTrail(audit),
+            ],
         )
         refresher = asyncio.create_task(directory.run(), name="agent-directory")
         stack.callback(refresher.cancel)

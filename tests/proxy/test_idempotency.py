@@ -1,0 +1,112 @@
+"""Exactly-once through a real gateway: Idempotency-Key replay, reuse, scope, in-flight, audit."""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import requests
+
+from counting import CountingUpstream
+from support import Gateway
+
+
+@pytest.fixture
+def counting() -> Iterator[CountingUpstream]:
+    server = CountingUpstream()
+    server.start()
+    yield server
+    server.stop()
+
+
+def post(gateway: Gateway, token: str, url: str, key: str | None, body: dict) -> requests.Response:
+    headers = {"Idempotency-Key": key} if key else {}
+    proxy = gateway.proxy_with(token)
+    return requests.post(url, json=body, headers=headers, proxies={"http": proxy, "https": proxy}, timeout=30)
+
+
+def test_retry_with_the_same_key_is_replayed_without_reaching_the_upstream(
+    gateway: Gateway, counting: CountingUpstream
+) -> None:
+    token = gateway.mint("acme-bot", scopes=["read", "write"])
+    key = uuid.uuid4().hex
+    first = post(gateway, token, f"{counting.url}/allowed/charge", key, {"amount": 5})
+    second = post(gateway, token, f"{counting.url}/allowed/charge", key, {"amount": 5})
+    assert first.status_code == second.status_code == 201
+    assert second.json() == first.json() and first.json()["key"] == key
+    assert "X-Wardgate-Replay" not in first.headers and second.headers["X-Wardgate-Replay"] == "true"
+    assert second.headers["X-Wardgate-Replay-Of"] == first.headers["X-Wardgate-Audit-Id"]
+    assert second.headers["X-Wardgate-Audit-Id"] != first.headers["X-Wardgate-Audit-Id"]
+    assert len(counting.posts) == 1
+    replayed = [r for r in gateway.records(second.headers["X-Wardgate-Audit-Id"], wait_for=2) if r["kind"] == "outcome"]
+    original = [r for r in gateway.records(first.headers["X-Wardgate-Audit-Id"], wait_for=2) if r["kind"] == "outcome"]
+    assert replayed[0]["replay"] == 1 and replayed[0]["idempotency_key"] == key and replayed[0]["status"] == 201
+    assert original[0]["replay"] == 0 and original[0]["idempotency_key"] == key
+
+
+def test_same_key_different_request_is_refused_422(gateway: Gateway, counting: CountingUpstream) -> None:
+    token = gateway.mint("acme-bot", scopes=["read", "write"])
+    key = uuid.uuid4().hex
+    assert post(gateway, token, f"{counting.url}/allowed/charge", key, {"amount": 5}).status_code == 201
+    reused = post(gateway, token, f"{counting.url}/allowed/charge", key, {"amount": 6})
+    assert reused.status_code == 422
+    assert reused.json()["error"]["code"] == "idempotency_key_reused"
+    assert len(counting.posts) == 1
+
+
+def test_keys_are_scoped_to_the_caller(gateway: Gateway, counting: CountingUpstream) -> None:
+    key = uuid.uuid4().hex
+    for user in ("alice", "bob"):
+        token = gateway.mint("acme-bot", user=user, scopes=["read", "write"])
+        response = post(gateway, token, f"{counting.url}/allowed/charge", key, {"amount": 5})
+        assert response.status_code == 201 and "X-Wardgate-Replay" not in response.headers
+    assert len(counting.posts) == 2
+
+
+def test_without_a_key_every_request_goes_through(gateway: Gateway, counting: CountingUpstream) -> None:
+    token = gateway.mint("acme-bot", scopes=["read", "write"])
+    for _ in range(2):
+        assert post(gateway, token, f"{counting.url}/allowed/charge", None, {"amount": 5}).status_code == 201
+    assert len(counting.posts) == 2
+
+
+def test_invalid_key_is_refused(gateway: Gateway, counting: CountingUpstream) -> None:
+    token = gateway.mint("acme-bot", scopes=["read", "write"])
+    response = post(gateway, token, f"{counting.url}/allowed/charge", "x" * 300, {"amount": 5})
+    assert response.status_code == 400 and response.json()["error"]["code"] == "idempotency_key_invalid"
+    assert counting.posts == []
+
+
+def test_a_retry_while_the_first_is_in_flight_waits_for_it(gateway: Gateway, counting: CountingUpstream) -> None:
+    token = gateway.mint("acme-bot", scopes=["read", "write"])
+    key = uuid.uuid4().hex
+    counting.hold = True
+    results: dict[str, requests.Response] = {}
+
+    def send(name: str) -> None:
+        results[name] = post(gateway, token, f"{counting.url}/allowed/charge", key, {"amount": 9})
+
+    first = threading.Thread(target=send, args=("first",))
+    first.start()
+    assert counting.arrived.wait(20)
+    second = threading.Thread(target=send, args=("second",))
+    second.start()
+    # The retry is waiting once its intent is recorded (EgressPolicy runs before Idempotency).
+    intents = []
+    for _ in range(200):
+        intents = [r for r in gateway.records(wait_for=0) if r["idempotency_key"] is None and r["kind"] == "intent"
+                   and r["path"] == "/allowed/charge" and r["port"] == counting.port]
+        if len(intents) >= 2:
+            break
+        threading.Event().wait(0.05)
+    assert len(intents) >= 2
+    counting.release()
+    first.join(30)
+    second.join(30)
+    assert results["first"].status_code == results["second"].status_code == 201
+    assert results["second"].headers.get("X-Wardgate-Replay") == "true"
+    assert json.loads(results["first"].content) == json.loads(results["second"].content)
+    assert len(counting.posts) == 1
