@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from . import admin_token
+from . import admin_token, token_api
 from .agents import AgentRegistry
 from .audit import AuditQuery, AuditWriter, query_records
 from .errors import AdminAuthError, BadRequest, NotFound, WardgateError, to_response
@@ -164,6 +164,9 @@ OPENAPI = {
 }
 
 
+OPENAPI["paths"].update(token_api.OPENAPI_PATHS)
+
+
 async def openapi(request: web.Request) -> web.Response:
     return web.json_response(OPENAPI)
 
@@ -180,4 +183,5 @@ def build_app(state: AdminState) -> web.Application:
     app.router.add_post("/v1/agents", create_agent)
     app.router.add_get("/v1/agents/{name}", get_agent)
     app.router.add_get("/v1/audit/records", audit_records)
+    app.router.add_post("/v1/tokens", token_api.mint_token)
     return app
