@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from . import admin_token, token_api
+from . import admin_token, approval_api, token_api
 from .agents import AgentRegistry
 from .audit import AuditQuery, AuditWriter, query_records
 from .errors import AdminAuthError, BadRequest, NotFound, WardgateError, to_response
@@ -165,6 +165,7 @@ OPENAPI = {
 
 
 OPENAPI["paths"].update(token_api.OPENAPI_PATHS)
+OPENAPI["paths"].update(approval_api.OPENAPI_PATHS)
 
 
 async def openapi(request: web.Request) -> web.Response:

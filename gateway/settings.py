@@ -129,6 +129,16 @@ class IdempotencySettings(_Section):
         return parse_duration(value)
 
 
+class ApprovalSettings(_Section):
+    # How long a parked call waits for a decision before its approval expires.
+    ttl: float = 86400.0
+
+    @field_validator("ttl", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> float:
+        return parse_duration(value)
+
+
 class DemoSettings(_Section):
     # The embedded default (no config file) turns this on: `wardgate up` then registers a demo
     # agent, starts a tiny echo upstream on loopback and prints a curl line that works on a
@@ -150,6 +160,7 @@ class Settings(_Section):
     audit: AuditSettings = AuditSettings()
     demo: DemoSettings = DemoSettings()
     idempotency: IdempotencySettings = IdempotencySettings()
+    approvals: ApprovalSettings = ApprovalSettings()
     admin_token: SecretStr | None = None
 
     @property

@@ -20,6 +20,8 @@ from wardgate.gateway import admin, admin_token
 from wardgate.gateway.agents import AgentDirectory, AgentRegistry
 from wardgate.gateway.audit import AuditWriter
 from wardgate.gateway.echo import build_echo_app
+from wardgate.gateway import approval_api
+from wardgate.gateway.approvals import ApprovalStore
 from wardgate.gateway.identity import TokenVerifier
 from wardgate.gateway.idempotency import IdempotencyStore
 from wardgate.gateway.keys import KeyRing
@@ -29,6 +31,7 @@ from wardgate.gateway.settings import Settings
 
 from . import protocol_errors
 from .audit_trail import AuditTrail
+from .approval import ApprovalGate
 from .auth import ProxyAuth
 from .egress import EgressPolicy
 from .idempotency import Idempotency
@@ -119,8 +122,12 @@ async def serve(settings: Settings, on_ready: Callable[[Listeners], None]) -> No
                 return False
             return True
 
+        approvals = ApprovalStore(settings.home / "approvals.db")
+        stack.callback(approvals.close)
+        admin_app = admin.build_app(admin.AdminState(settings, keys, registry, audit, token, ready))
+        approval_api.install(admin_app, approvals)
         admin_runner, admin_addr = await _start_site(
-            admin.build_app(admin.AdminState(settings, keys, registry, audit, token, ready)),
+            admin_app,
             settings.admin.listen.host,
             settings.admin.listen.port,
         )
@@ -142,6 +149,7 @@ async def serve(settings: Settings, on_ready: Callable[[Listeners], None]) -> No
             [
                 ProxyAuth(verifier, audit, timeout),
                 EgressPolicy(policy, audit, timeout),
+                ApprovalGate(approvals, settings.approvals.ttl, audit, timeout),
                 Idempotency(idempotency_store, settings.idempotency, audit, timeout),
                 AuditTrail(audit),
             ],

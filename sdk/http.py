@@ -6,6 +6,11 @@ the same on every retry and every replay after a crash, so the gateway forwards 
 proxy identity is the run's token from :class:`~wardgate.sdk.tokens.RunTokens`; when it renews,
 the client is rebuilt (the identity binds the proxy connection).
 
+A call the policy parks for a human (403 ``approval_required``) is re-sent, with the same
+idempotency key, every ``approval_poll`` seconds until it is approved (then it is forwarded once)
+or denied (:class:`GatewayRefused` ``approval_denied``). The wait is durable because it is the
+step itself: a run restarted mid-wait re-sends the same request and finds the same approval.
+
 A response the gateway itself produced (``X-Wardgate-Error``) raises
 :class:`~wardgate.sdk.errors.GatewayRefused`; it is not recorded as the step's result, so the
 run stays resumable.
@@ -13,7 +18,9 @@ run stays resumable.
 
 from __future__ import annotations
 
+import asyncio
 import ssl
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +32,7 @@ from .runs import current_step
 from .tokens import RunTokens
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+APPROVAL_REQUIRED = "approval_required"
 
 
 def _stamp(method: str, headers: dict[str, str] | None) -> dict[str, str]:
@@ -51,8 +59,10 @@ def _check(response: httpx.Response) -> httpx.Response:
 
 class _Base:
     def __init__(self, tokens: RunTokens, *, proxy: str = "127.0.0.1:8080", ca_file: str | Path | None = None,
-                 timeout: float = 30.0) -> None:
+                 timeout: float = 30.0, approval_poll: float = 2.0, approval_timeout: float | None = None) -> None:
         self._tokens = tokens
+        self._approval_poll = approval_poll
+        self._approval_timeout = approval_timeout
         host, _, port = proxy.removeprefix("http://").rpartition(":")
         self._host, self._port = host, int(port)
         self._verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=str(ca_file)) if ca_file else True
@@ -61,6 +71,11 @@ class _Base:
 
     def _proxy(self, token: str) -> str:
         return proxy_url(token, self._host, self._port)
+
+    def _keep_waiting(self, response: httpx.Response, started: float) -> bool:
+        if response.headers.get("x-wardgate-error") != APPROVAL_REQUIRED:
+            return False
+        return self._approval_timeout is None or time.monotonic() - started < self._approval_timeout
 
 
 class ProxySession(_Base):
@@ -78,7 +93,12 @@ class ProxySession(_Base):
         return self._client
 
     def request(self, method: str, url: str, *, headers: dict[str, str] | None = None, **kwargs: Any) -> httpx.Response:
-        return _check(self._current().request(method, url, headers=_stamp(method, headers), **kwargs))
+        stamped, started = _stamp(method, headers), time.monotonic()
+        while True:
+            response = self._current().request(method, url, headers=stamped, **kwargs)
+            if not self._keep_waiting(response, started):
+                return _check(response)
+            time.sleep(self._approval_poll)
 
     def get(self, url: str, **kwargs: Any) -> httpx.Response:
         return self.request("GET", url, **kwargs)
@@ -114,8 +134,13 @@ class AsyncProxySession(_Base):
 
     async def request(self, method: str, url: str, *, headers: dict[str, str] | None = None,
                       **kwargs: Any) -> httpx.Response:
-        client = await self._current()
-        return _check(await client.request(method, url, headers=_stamp(method, headers), **kwargs))
+        stamped, started = _stamp(method, headers), time.monotonic()
+        while True:
+            client = await self._current()
+            response = await client.request(method, url, headers=stamped, **kwargs)
+            if not self._keep_waiting(response, started):
+                return _check(response)
+            await asyncio.sleep(self._approval_poll)
 
     async def get(self, url: str, **kwargs: Any) -> httpx.Response:
         return await self.request("GET", url, **kwargs)

@@ -13,7 +13,7 @@ from aiohttp import web
 
 @dataclass
 class CountingUpstream:
-    """Each POST to ``/allowed/charge`` is one side effect. While ``hold`` is set, a POST waits
+    """Each POST to ``/allowed/charge`` (or ``/approve/charge``) is one side effect. While ``hold`` is set, a POST waits
     (after being counted) until ``release()``; ``arrived`` fires when a held POST has been counted.
     ``hold_file``: hold instead while that file does not exist (for tests driving other processes)."""
 
@@ -60,6 +60,7 @@ class CountingUpstream:
             self._release = asyncio.Event()
             app = web.Application()
             app.router.add_post("/allowed/charge", self._charge)
+            app.router.add_post("/approve/charge", self._charge)
             app.router.add_get("/allowed/{tail:.*}", self._read)
             runner = web.AppRunner(app, access_log=None)
             loop.run_until_complete(runner.setup())

@@ -15,10 +15,12 @@ import click
 from ..errors import WardgateError
 from ._context import CliContext
 from .agents import agents
+from .approvals import approvals
 from .audit import audit
 from .ca import ca
 from .demo import demo
 from .policy import policy
+from .runs import runs
 from .tokens import tokens
 from .up import up
 
@@ -34,6 +36,8 @@ def cli(ctx: click.Context, config_file: Path | None, home: Path | None) -> None
 
 for command in (up, ca, agents, tokens, policy, audit, demo):
     cli.add_command(command)
+cli.add_command(approvals)
+cli.add_command(runs)
 
 
 def main() -> None:
