@@ -47,8 +47,11 @@ def to_json_value(value: Any, path: str = "$") -> Any:
     raise ResultNotSerializable(f"{path}: {type(value).__qualname__} is not JSON-serialisable")
 
 
+_ENCODE = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode
+
+
 def encode(value: Any) -> str:
-    return json.dumps(to_json_value(value), separators=(",", ":"), allow_nan=False)
+    return _ENCODE(to_json_value(value))
 
 
 def return_type(function: Callable[..., Any]) -> Any:

@@ -232,9 +232,8 @@ class Run:
         """Run ``function(*args, **kwargs)`` once across restarts and return its (recorded) result."""
         step_name = name or _name_of(function)
         position, recorded = self._next(step_name)
-        target = returns if returns is not None else codec.return_type(function)
         if recorded is not None:
-            return self._replay(recorded, target)
+            return self._replay(recorded, returns if returns is not None else codec.return_type(function))
         context = StepContext(self.id, position, step_name)
         token = current_step.set(context)
         try:
@@ -269,9 +268,8 @@ class Run:
         """The asyncio flavour of :meth:`step`; ``function`` may be a coroutine function or plain."""
         step_name = name or _name_of(function)
         position, recorded = self._next(step_name)
-        target = returns if returns is not None else codec.return_type(function)
         if recorded is not None:
-            return self._replay(recorded, target)
+            return self._replay(recorded, returns if returns is not None else codec.return_type(function))
         context = StepContext(self.id, position, step_name)
         token = current_step.set(context)
         try:
