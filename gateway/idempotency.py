@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
+import os
+import socket
 import threading
 from dataclasses import dataclass
 from enum import Enum
@@ -77,6 +78,22 @@ def fingerprint(method: str, scheme: str, host: str, port: int, path: str, conte
         digest.update(part.encode() + b"\x00")
     digest.update(hashlib.sha256(body).digest())
     return digest.hexdigest()
+
+
+def process_gone(owner: str | None) -> bool:
+    """True when ``owner`` (``host:pid:nonce``) ran on this host and that process no longer exists:
+    a gateway that crashed mid-call, whose pending claims can never complete."""
+    host, _, rest = (owner or "").partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 class IdempotencyStore:

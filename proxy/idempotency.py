@@ -18,7 +18,7 @@ from mitmproxy import http
 
 from wardgate.gateway.audit import AuditWriter
 from wardgate.gateway.errors import BadRequest, Conflict, DependencyUnavailable, Unprocessable, WardgateError
-from wardgate.gateway.idempotency import IdempotencyStore, Outcome, StoredResponse, fingerprint
+from wardgate.gateway.idempotency import IdempotencyStore, Outcome, StoredResponse, fingerprint, process_gone
 from wardgate.gateway.settings import IdempotencySettings
 
 from .call import call_of
@@ -102,6 +102,11 @@ class Idempotency:
                 await self._refuse(flow, Unprocessable(
                     "this Idempotency-Key was used for a different request", code="idempotency_key_reused"))
                 return
+            if result.outcome is Outcome.IN_FLIGHT and process_gone(result.owner):
+                # The gateway process that claimed it died mid-call: it will never complete.
+                assert result.owner is not None
+                await asyncio.to_thread(self._store.mark_unknown, scope, key, result.owner)
+                continue
             if result.outcome is Outcome.UNKNOWN:
                 await self._refuse(flow, Conflict(
                     "the first request with this Idempotency-Key reached the upstream but its response was lost;"

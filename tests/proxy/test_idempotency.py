@@ -110,3 +110,26 @@ def test_a_retry_while_the_first_is_in_flight_waits_for_it(gateway: Gateway, cou
     assert results["second"].headers.get("X-Wardgate-Replay") == "true"
     assert json.loads(results["first"].content) == json.loads(results["second"].content)
     assert len(counting.posts) == 1
+
+
+def test_a_claim_left_by_a_dead_gateway_process_is_an_unknown_outcome(
+    gateway: Gateway, counting: CountingUpstream
+) -> None:
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from wardgate.gateway.idempotency import IdempotencyStore, fingerprint
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    key, body = uuid.uuid4().hex, json.dumps({"amount": 5}).encode()
+    store = IdempotencyStore(gateway.home / "idempotency.db")
+    print_ = fingerprint("POST", "http", "127.0.0.1", counting.port, "/allowed/charge", "application/json", body)
+    store.claim("acme\x00acme-bot\x00alice", key, print_, f"{socket.gethostname()}:{dead.pid}:0", "C0", time.time(), 60)
+    store.close()
+    token = gateway.mint("acme-bot", scopes=["read", "write"])
+    response = post(gateway, token, f"{counting.url}/allowed/charge", key, {"amount": 5})
+    assert response.status_code == 409 and response.json()["error"]["code"] == "idempotency_outcome_unknown"
+    assert counting.posts == []
