@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,8 +15,9 @@ from wardgate.sdk.runs import Run
 
 
 def wardgate(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WARDGATE_")}
     return subprocess.run([sys.executable, "-m", "wardgate.gateway.cli", "--home", str(home), *args],
-                          capture_output=True, text=True, timeout=60, cwd=home.parent)
+                          capture_output=True, text=True, timeout=60, cwd=home.parent, env=env)
 
 
 def test_list_show_cancel(tmp_path: Path) -> None:

@@ -45,7 +45,7 @@ def counting() -> Iterator[CountingUpstream]:
 
 
 def cli(gateway: Gateway, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "WARDGATE_HOME": str(gateway.home)}
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("WARDGATE_")}, "WARDGATE_HOME": str(gateway.home)}
     return subprocess.run([sys.executable, "-m", "wardgate.gateway.cli", "--config", str(gateway.config), *args],
                           capture_output=True, text=True, timeout=60, env=env)
 
