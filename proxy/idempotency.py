@@ -33,6 +33,8 @@ CLAIM = "wardgate.idempotency"
 # Not part of the stored response: per-connection, or stamped afresh on every answer.
 _UNSTORED = {"connection", "keep-alive", "transfer-encoding", "x-wardgate-audit-id", REPLAY_HEADER.lower()}
 _POLL = 0.05
+# Expired records are also dropped lazily per key; this bounds the table for one-off keys.
+_PURGE_EVERY = 500
 
 
 def _valid_key(key: str) -> bool:
@@ -48,6 +50,7 @@ class Idempotency:
         self._audit = audit
         self._audit_timeout = audit_timeout
         self._owner = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
+        self._claims = 0
 
     async def _refuse(self, flow: http.HTTPFlow, error: WardgateError) -> None:
         # The intent record is already committed; this refusal record closes the call.
@@ -93,6 +96,9 @@ class Idempotency:
                 return
             if result.outcome is Outcome.CLAIMED:
                 flow.metadata[CLAIM] = (scope, key)
+                self._claims += 1
+                if self._claims % _PURGE_EVERY == 0:
+                    await asyncio.to_thread(self._store.purge, time.time())
                 return
             if result.outcome is Outcome.REPLAY:
                 assert result.response is not None

@@ -107,3 +107,22 @@ async def test_async_session_and_gateway_refusals(gateway: Gateway, counting: Co
 
     assert [s.name for s in create(f"sqlite:///{tmp_path}/runs.db").steps(run_id)] == [
         "test_async_session_and_gateway_refusals.<locals>.charge"]
+
+
+def test_a_renewed_token_opens_a_new_proxy_connection_for_the_same_run(
+    gateway: Gateway, counting: CountingUpstream
+) -> None:
+    run_id = f"run-{uuid.uuid4().hex[:8]}"
+    mint = admin_provider(gateway.admin, gateway.admin_token, agent="acme-bot", user="alice", run_id=run_id)
+
+    def about_to_expire() -> Token:
+        # A real 15-minute token the cache treats as expiring now: every get() renews it.
+        return Token(mint().value, time.time() + 0.5)
+
+    tokens = RunTokens(about_to_expire)
+    with ProxySession(tokens, proxy=gateway.listeners["proxy"], ca_file=gateway.ca_file) as session:
+        for _ in range(2):
+            assert session.get(f"{counting.url}/allowed/ping").status_code == 200
+    assert tokens.renewals == 2
+    outcomes = [r for r in gateway.records(wait_for=1) if r["run"] == run_id and r["kind"] == "outcome"]
+    assert len(outcomes) == 2 and len({r["token_id"] for r in outcomes}) == 2
