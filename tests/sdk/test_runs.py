@@ -255,3 +255,33 @@ def test_two_processes_on_one_run_one_wins_and_a_dead_holder_is_taken_over(store
         if holder.poll() is None:
             holder.kill()
             holder.wait()
+
+
+RESUMER = """
+import sys, time
+from wardgate.sdk.errors import RunLocked
+from wardgate.sdk.runs import Run
+store, rid, start = sys.argv[1], sys.argv[2], float(sys.argv[3])
+while time.time() < start:
+    time.sleep(0.001)
+try:
+    with Run(store, rid) as run:
+        run.step(lambda: "side effect", name="work")
+        time.sleep(1.0)  # still holding the run when the other process tries
+        print("won", flush=True)
+except RunLocked as error:
+    print(f"locked: {error}", flush=True)
+"""
+
+
+def test_two_processes_resuming_at_once_one_wins_the_other_is_told(store_url: str) -> None:
+    rid = run_id()
+    setup = create(store_url)
+    Run(setup, rid).open().close("running")  # an existing, resumable run
+    start = time.time() + 1.5
+    procs = [subprocess.Popen([sys.executable, "-c", RESUMER, store_url, rid, str(start)], stdout=subprocess.PIPE,
+                              text=True, cwd=REPO) for _ in range(2)]
+    outputs = sorted(p.communicate(timeout=60)[0].strip() for p in procs)
+    assert outputs[1] == "won" and outputs[0].startswith(f"locked: run {rid!r} is held by another process")
+    assert [s.name for s in setup.steps(rid)] == ["work"]
+    setup.close()
