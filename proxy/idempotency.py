@@ -37,6 +37,10 @@ _POLL = 0.05
 _PURGE_EVERY = 500
 
 
+def _connected(flow: http.HTTPFlow) -> bool:
+    return flow.server_conn is not None and flow.server_conn.timestamp_tcp_setup is not None
+
+
 def _valid_key(key: str) -> bool:
     return 0 < len(key) <= MAX_KEY_LENGTH and key.isascii() and key.isprintable()
 
@@ -141,6 +145,10 @@ class Idempotency:
         response = flow.response
         body = response.raw_content or b""
         try:
+            if flow.metadata.get("wardgate.refused") or not _connected(flow):
+                # Answered at the gateway by a later addon: nothing went out, so a retry may.
+                await asyncio.to_thread(self._store.release, scope, key, self._owner)
+                return
             if len(body) > self._settings.max_response_bytes:
                 await asyncio.to_thread(self._store.mark_unknown, scope, key, self._owner)
                 return
@@ -156,10 +164,9 @@ class Idempotency:
         if claim is None:
             return
         scope, key = claim
-        # No upstream connection was ever made: nothing was sent, so a retry may send it.
-        sent = flow.server_conn is not None and flow.server_conn.timestamp_tcp_setup is not None
         try:
-            if sent:
+            # No upstream connection was ever made: nothing was sent, so a retry may send it.
+            if _connected(flow):
                 await asyncio.to_thread(self._store.mark_unknown, scope, key, self._owner)
             else:
                 await asyncio.to_thread(self._store.release, scope, key, self._owner)

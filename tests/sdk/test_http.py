@@ -27,6 +27,16 @@ def counting() -> Iterator[CountingUpstream]:
     server.stop()
 
 
+def run_outcomes(gateway: Gateway, run_id: str, count: int) -> list[dict]:
+    """The run's outcome records, oldest first, once ``count`` of them are committed (written after the response)."""
+    deadline = time.monotonic() + 10
+    while True:
+        found = [r for r in gateway.records(wait_for=0) if r["run"] == run_id and r["kind"] == "outcome"]
+        if len(found) >= count or time.monotonic() > deadline:
+            return found
+        time.sleep(0.05)
+
+
 def session_for(gateway: Gateway, run_id: str, **kw: object) -> ProxySession:
     tokens = RunTokens(admin_provider(gateway.admin, gateway.admin_token, agent="acme-bot", user="alice",
                                       run_id=run_id, ttl="5m"))
@@ -79,7 +89,7 @@ def test_step_requests_are_stamped_and_replayed_once_after_an_interruption(
         with Run(store, run_id) as run:
             result = run.step(charge, session, False, name="charge")
     assert result["charge"] == 1 and len(counting.posts) == 1
-    records = [r for r in gateway.records(wait_for=1) if r["run"] == run_id and r["kind"] == "outcome"]
+    records = run_outcomes(gateway, run_id, 2)
     assert len(records) == 2
     assert {r["step"] for r in records} == {"0:charge"} and {r["replay"] for r in records} == {0, 1}
     assert records[0]["idempotency_key"] == records[1]["idempotency_key"] == result["key"]
@@ -124,5 +134,5 @@ def test_a_renewed_token_opens_a_new_proxy_connection_for_the_same_run(
         for _ in range(2):
             assert session.get(f"{counting.url}/allowed/ping").status_code == 200
     assert tokens.renewals == 2
-    outcomes = [r for r in gateway.records(wait_for=1) if r["run"] == run_id and r["kind"] == "outcome"]
+    outcomes = run_outcomes(gateway, run_id, 2)
     assert len(outcomes) == 2 and len({r["token_id"] for r in outcomes}) == 2
