@@ -133,3 +133,41 @@ def test_a_claim_left_by_a_dead_gateway_process_is_an_unknown_outcome(
     response = post(gateway, token, f"{counting.url}/allowed/charge", key, {"amount": 5})
     assert response.status_code == 409 and response.json()["error"]["code"] == "idempotency_outcome_unknown"
     assert counting.posts == []
+
+
+@pytest.fixture(scope="module")
+def impatient_gateway(
+    opa_binary: str, tmp_path_factory: pytest.TempPathFactory, acme_policy
+) -> Iterator[Gateway]:
+    """A gateway that waits only briefly for an in-flight first attempt."""
+    from support import start_gateway
+
+    gw = start_gateway(tmp_path_factory.mktemp("impatient"), policy_paths=[acme_policy],
+                       extra_config='\n[idempotency]\nin_flight_wait = "300ms"\n')
+    gw.create_agent("acme-bot", "acme", ["read", "write"])
+    yield gw
+    gw.stop()
+
+
+def test_a_retry_that_outwaits_the_wait_gets_409_and_no_second_call(
+    impatient_gateway: Gateway, counting: CountingUpstream
+) -> None:
+    gw = impatient_gateway
+    token = gw.mint("acme-bot", scopes=["read", "write"])
+    key = uuid.uuid4().hex
+    counting.hold = True
+    results: dict[str, requests.Response] = {}
+    first = threading.Thread(target=lambda: results.setdefault(
+        "first", post(gw, token, f"{counting.url}/allowed/charge", key, {"amount": 1})))
+    first.start()
+    try:
+        assert counting.arrived.wait(20)
+        retry = post(gw, token, f"{counting.url}/allowed/charge", key, {"amount": 1})
+        assert retry.status_code == 409 and retry.json()["error"]["code"] == "idempotency_in_flight"
+    finally:
+        counting.release()
+        first.join(30)
+    assert results["first"].status_code == 201
+    assert len(counting.posts) == 1
+    after = post(gw, token, f"{counting.url}/allowed/charge", key, {"amount": 1})
+    assert after.headers.get("X-Wardgate-Replay") == "true" and len(counting.posts) == 1
