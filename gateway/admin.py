@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 
 from aiohttp import web
 
-from . import admin_token
+from . import admin_token, approval_api, token_api
 from . import keys as keys_module
 from .agents import AgentDirectory, AgentRegistry
 from .audit import AuditWriter, query_records
@@ -274,6 +274,10 @@ OPENAPI = {
 }
 
 
+OPENAPI["paths"].update(token_api.OPENAPI_PATHS)
+OPENAPI["paths"].update(approval_api.OPENAPI_PATHS)
+
+
 async def openapi(request: web.Request) -> web.Response:
     return web.json_response(OPENAPI)
 
@@ -295,4 +299,5 @@ def build_app(state: AdminState) -> web.Application:
     app.router.add_post(r"/v1/agents/{name}/{action:disable|enable}", set_agent_status)
     app.router.add_post("/v1/keys/rotate", rotate_keys)
     app.router.add_get("/v1/tenants/{tenant}/audit/records", audit_records)
+    app.router.add_post("/v1/tokens", token_api.mint_token)
     return app

@@ -170,6 +170,30 @@ class RevocationSettings(_Section):
         return parse_duration(value)
 
 
+class IdempotencySettings(_Section):
+    # How long a stored response answers retries with the same Idempotency-Key.
+    ttl: float = 86400.0
+    # How long a retry waits for the first attempt still in flight before answering 409.
+    in_flight_wait: float = 10.0
+    # Responses larger than this are not stored; retries then get 409 idempotency_outcome_unknown.
+    max_response_bytes: int = Field(default=1 << 20, ge=0)
+
+    @field_validator("ttl", "in_flight_wait", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> float:
+        return parse_duration(value)
+
+
+class ApprovalSettings(_Section):
+    # How long a parked call waits for a decision before its approval expires.
+    ttl: float = 86400.0
+
+    @field_validator("ttl", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> float:
+        return parse_duration(value)
+
+
 class DemoSettings(_Section):
     # The embedded default (no config file) turns this on: `wardgate up` then registers a demo
     # agent, starts a tiny echo upstream on loopback and prints a curl line that works on a
@@ -193,6 +217,8 @@ class Settings(_Section):
     demo: DemoSettings = DemoSettings()
     state: StateSettings = StateSettings()
     revocation: RevocationSettings = RevocationSettings()
+    idempotency: IdempotencySettings = IdempotencySettings()
+    approvals: ApprovalSettings = ApprovalSettings()
     admin_token: SecretStr | None = None
 
     @property

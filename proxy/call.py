@@ -27,6 +27,9 @@ class Call:
     credential_service: str | None = None
     mcp: McpInput | None = None
     step: str | None = None
+    # Set by Idempotency: the caller's key, and whether the response is a stored one replayed.
+    idempotency_key: str | None = None
+    replay: bool = False
 
     def record(self, flow: http.HTTPFlow, kind: Kind, **values: object) -> AuditRecord:
         """An audit record for this call, filled from the principal, the request and ``values``."""
@@ -52,6 +55,8 @@ class Call:
             record.decision = "allow" if decision.allow else "deny"
             record.reasons = list(decision.reasons)
             record.decision_id = decision.decision_id
+        record.step = self.step or request.headers.get("x-wardgate-step")
+        record.idempotency_key, record.replay = self.idempotency_key, int(self.replay)
         for name, value in values.items():
             setattr(record, name, value)
         return record

@@ -22,7 +22,10 @@ from wardgate.gateway.agents import AgentDirectory, AgentRegistry
 from wardgate.gateway.audit_setup import build_writer
 from wardgate.gateway.destinations import DestinationGuard
 from wardgate.gateway.echo import build_echo_app
+from wardgate.gateway import approval_api
+from wardgate.gateway.approvals import ApprovalStore
 from wardgate.gateway.identity import TokenVerifier
+from wardgate.gateway.idempotency import IdempotencyStore
 from wardgate.gateway.keys import KeyRing
 from wardgate.gateway.opa_process import ManagedOpa, wait_healthy
 from wardgate.gateway.policy import PolicyClient
@@ -32,10 +35,12 @@ from wardgate.gateway.settings import Settings
 
 from . import protocol_errors
 from .audit_trail import AuditTrail
+from .approval import ApprovalGate
 from .auth import ProxyAuth
 from .destinations import DestinationCheck, DestinationPin
 from .egress import EgressPolicy
 from .event_streams import EventStreams
+from .idempotency import Idempotency
 from .intent import IntentRecord
 from .trace import TraceContext
 
@@ -138,8 +143,14 @@ async def serve(settings: Settings, on_ready: Callable[[Listeners], None]) -> No
                 return False
             return True
 
+        approvals = ApprovalStore(settings.home / "approvals.db")
+        stack.callback(approvals.close)
+        admin_app = admin.build_app(
+            admin.AdminState(settings, keys, registry, audit, token, ready, revoker, revocations, directory)
+        )
+        approval_api.install(admin_app, approvals)
         admin_runner, admin_addr = await _start_site(
-            admin.build_app(admin.AdminState(settings, keys, registry, audit, token, ready, revoker, revocations, directory)),
+            admin_app,
             settings.admin.listen.host,
             settings.admin.listen.port,
         )
@@ -161,6 +172,8 @@ async def serve(settings: Settings, on_ready: Callable[[Listeners], None]) -> No
             host, _, port = echo_addr.rpartition(":")
             guard.allow_exactly(host, int(port))
         protocol_errors.install()
+        idempotency_store = IdempotencyStore(settings.home / "idempotency.db")
+        stack.callback(idempotency_store.close)
         auth = ProxyAuth(verifier, audit, timeout, revocations)
         proxy_master = build_master(
             settings,
@@ -171,6 +184,9 @@ async def serve(settings: Settings, on_ready: Callable[[Listeners], None]) -> No
                 EgressPolicy(policy, audit, timeout),
                 DestinationPin(guard, audit, timeout),
                 IntentRecord(audit, timeout),
+                # `request` hook, after the body is read and the intent committed:
+                ApprovalGate(approvals, settings.approvals.ttl, audit, timeout),
+                Idempotency(idempotency_store, settings.idempotency, audit, timeout),
                 AuditTrail(audit),
                 EventStreams(),
             ],
