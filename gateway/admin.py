@@ -9,18 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from aiohttp import web
 
-from . import admin_token
-from .agents import AgentRegistry
-from .audit import AuditQuery, AuditWriter, query_records
+from . import admin_token, approval_api, token_api
+from . import keys as keys_module
+from .agents import AgentDirectory, AgentRegistry
+from .audit import AuditWriter, query_records
 from .errors import AdminAuthError, BadRequest, NotFound, WardgateError, to_response
 from .keys import KeyRing
-from .settings import Settings, parse_duration
+from .revocations import RevocationView
+from .revoker import Revoker
+from .settings import Settings
+from .audit_filters import query_from
 
 
 @dataclass
@@ -31,6 +34,9 @@ class AdminState:
     audit: AuditWriter
     token: str
     ready: Callable[[], Awaitable[bool]]
+    revoker: Revoker | None = None
+    revocations: RevocationView | None = None
+    directory: AgentDirectory | None = None
 
 
 STATE = web.AppKey("state", AdminState)
@@ -75,17 +81,23 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def jwks(request: web.Request) -> web.Response:
-    return web.json_response(request.app[STATE].keys.jwks(), headers={"Cache-Control": "max-age=60"})
+    state = request.app[STATE]
+    published = state.keys.jwks()
+    if state.revocations is not None:
+        published["keys"] = [k for k in published["keys"] if k["kid"] not in state.revocations.keys]
+    return web.json_response(published, headers={"Cache-Control": "max-age=60"})
 
 
 async def metrics(request: web.Request) -> web.Response:
-    state = request.app[STATE]
-    lines = [
-        "# HELP wardgate_audit_queue_depth Audit records queued but not yet committed.",
-        "# TYPE wardgate_audit_queue_depth gauge",
-        f"wardgate_audit_queue_depth {state.audit.pending}",
-    ]
-    return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
+    audit = request.app[STATE].audit
+    gauges = {
+        "wardgate_audit_queue_depth": ("gauge", "Audit records queued but not yet committed.", audit.pending),
+        "wardgate_audit_spooled_records": ("gauge", "Audit records waiting in the local spool (replica unready).", audit.spooled),
+        "wardgate_audit_records_committed_total": ("counter", "Audit records committed by this process.", audit.committed),
+        "wardgate_audit_batches_total": ("counter", "Group-commit transactions by this process.", audit.batches),
+        "wardgate_audit_records_lost_total": ("counter", "Audit records neither stored nor spooled.", audit.lost),
+    }
+    return web.Response(text=audit.metrics.render(gauges), content_type="text/plain")
 
 
 async def list_agents(request: web.Request) -> web.Response:
@@ -114,27 +126,103 @@ async def get_agent(request: web.Request) -> web.Response:
     return web.json_response(agent.as_dict())
 
 
-async def audit_records(request: web.Request) -> web.Response:
-    params = request.query
+async def _json_object(request: web.Request) -> dict[str, object]:
     try:
-        limit = int(params.get("limit", "100"))
-        since = parse_duration(params["since"]) if "since" in params else None
-    except ValueError:
-        raise BadRequest("limit must be an integer and since a duration like 2h") from None
-    query = AuditQuery(
-        agent=params.get("agent"),
-        user=params.get("user"),
-        tenant=params.get("tenant"),
-        host=params.get("host"),
-        call_id=params.get("call_id"),
-        since=time.time() - since if since is not None else None,
-        limit=limit,
-    )
+        body = await request.json() if request.can_read_body else {}
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise BadRequest("body must be JSON") from None
+    if not isinstance(body, dict):
+        raise BadRequest("body must be a JSON object")
+    return body
+
+
+def _text(body: dict[str, object], name: str, default: str = "") -> str:
+    value = body.get(name, default)
+    if not isinstance(value, str):
+        raise BadRequest(f"{name} must be a string")
+    return value
+
+
+def _revoker(state: AdminState) -> Revoker:
+    if state.revoker is None:
+        raise NotFound("revocation is not configured on this listener", code="revocation_not_configured")
+    return state.revoker
+
+
+async def create_revocation(request: web.Request) -> web.Response:
+    """POST /v1/revocations {kind: token|run|agent|key, subject, reason?, actor?}."""
+    state = request.app[STATE]
+    body = await _json_object(request)
+    kind, subject = _text(body, "kind"), _text(body, "subject")
+    actor = _text(body, "actor", "admin-api")
+    if kind == "agent":
+        await asyncio.to_thread(state.registry.get, subject)  # 404 for an unknown agent
+    if kind == "key":
+        await asyncio.to_thread(keys_module.retire, state.settings.keys_dir, subject)
+    revocation = await _revoker(state).revoke(kind, subject, actor=actor, reason=_text(body, "reason"))  # type: ignore[arg-type]
+    return web.json_response(revocation.as_dict(), status=201)
+
+
+async def list_revocations(request: web.Request) -> web.Response:
+    view = request.app[STATE].revocations
+    if view is None:
+        raise NotFound("revocation is not configured on this listener", code="revocation_not_configured")
+    return web.json_response({
+        "revision": view.revision,
+        "staleness_seconds": view.staleness,
+        "tokens": sorted(view.tokens),
+        "runs": sorted(view.runs),
+        "keys": sorted(view.keys),
+        "agents": view.agents,
+    })
+
+
+async def set_agent_status(request: web.Request) -> web.Response:
+    """POST /v1/agents/{name}/disable|enable {reason?, actor?}: refuses (or again accepts) all its tokens."""
+    state = request.app[STATE]
+    body = await _json_object(request)
+    action = request.match_info["action"]
+    status = "disabled" if action == "disable" else "active"
+    agent = await asyncio.to_thread(state.registry.set_status, request.match_info["name"], status)
+    if state.directory is not None:
+        await state.directory.refresh()  # immediate on this replica, not at the next reload
+    await _revoker(state).record(action.upper(), "agent", agent.name, actor=_text(body, "actor", "admin-api"),
+                                 reason=_text(body, "reason"))
+    return web.json_response(agent.as_dict())
+
+
+async def rotate_keys(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    kid = await asyncio.to_thread(keys_module.rotate, state.settings.keys_dir)
+    await asyncio.to_thread(state.keys.reload)
+    return web.json_response({"kid": kid}, status=201)
+
+
+async def audit_records(request: web.Request) -> web.Response:
+    """The filters of ``wardgate audit query``; newest first; ``cursor`` continues after a page.
+
+    Under ``/v1/tenants/{tenant}/audit/records`` the tenant filter is fixed by the path and a
+    ``tenant`` parameter naming another tenant is refused.
+    """
+    params = dict(request.query)
+    scoped = request.match_info.get("tenant")
+    if scoped is not None:
+        if params.get("tenant") not in (None, scoped):
+            raise BadRequest("tenant parameter conflicts with the tenant in the path", code="tenant_mismatch")
+        params["tenant"] = scoped
+    query = replace(query_from(params), before=params.get("cursor") or None)
     records = await asyncio.to_thread(query_records, request.app[STATE].settings.audit_db, query)
     if query.call_id and not records:
         raise NotFound("no audit record with that call id", code="audit_record_not_found")
-    return web.json_response({"records": records})
+    next_cursor = records[-1]["id"] if len(records) == query.limit else None
+    return web.json_response({"records": records, "next_cursor": next_cursor})
 
+
+AUDIT_PARAMETERS = [
+    {"name": name, "in": "query", "required": False, "schema": {"type": "string"}}
+    for name in ("agent", "user", "tenant", "run", "host", "method", "decision", "status", "kind", "call_id",
+                 "path", "since", "until", "limit", "cursor")
+]
 
 OPENAPI = {
     "openapi": "3.1.0",
@@ -159,9 +247,35 @@ OPENAPI = {
                                                       "schema": {"type": "string"}}],
                                       "responses": {"200": {"description": "agent"},
                                                     "404": {"description": "unknown"}}}},
-        "/v1/audit/records": {"get": {"security": [{"admin": []}], "responses": {"200": {"description": "records"}}}},
+        "/v1/revocations": {
+            "get": {"security": [{"admin": []}], "summary": "This replica's revocation view",
+                    "responses": {"200": {"description": "revocations"}}},
+            "post": {"security": [{"admin": []}],
+                     "summary": "Revoke a token (jti), a run, an agent's tokens issued so far, or a signing key",
+                     "requestBody": {"content": {"application/json": {"schema": {
+                         "type": "object", "required": ["kind", "subject"],
+                         "properties": {"kind": {"enum": ["token", "run", "agent", "key"]},
+                                        "subject": {"type": "string"}, "reason": {"type": "string"},
+                                        "actor": {"type": "string"}}}}}},
+                     "responses": {"201": {"description": "revoked"}, "400": {"description": "invalid"},
+                                   "404": {"description": "unknown agent or key"},
+                                   "409": {"description": "the active signing key"}}},
+        },
+        "/v1/agents/{name}/disable": {"post": {"security": [{"admin": []}], "responses": {"200": {"description": "agent"}}}},
+        "/v1/agents/{name}/enable": {"post": {"security": [{"admin": []}], "responses": {"200": {"description": "agent"}}}},
+        "/v1/keys/rotate": {"post": {"security": [{"admin": []}], "responses": {"201": {"description": "new signing kid"}}}},
+        "/v1/audit/records": {"get": {"security": [{"admin": []}], "parameters": AUDIT_PARAMETERS,
+                                      "responses": {"200": {"description": "records and next_cursor"},
+                                                    "400": {"description": "invalid filter"}}}},
+        "/v1/tenants/{tenant}/audit/records": {"get": {"security": [{"admin": []}], "parameters": [
+            {"name": "tenant", "in": "path", "required": True, "schema": {"type": "string"}}, *AUDIT_PARAMETERS],
+            "responses": {"200": {"description": "one tenant's records and next_cursor"}}}},
     },
 }
+
+
+OPENAPI["paths"].update(token_api.OPENAPI_PATHS)
+OPENAPI["paths"].update(approval_api.OPENAPI_PATHS)
 
 
 async def openapi(request: web.Request) -> web.Response:
@@ -180,4 +294,10 @@ def build_app(state: AdminState) -> web.Application:
     app.router.add_post("/v1/agents", create_agent)
     app.router.add_get("/v1/agents/{name}", get_agent)
     app.router.add_get("/v1/audit/records", audit_records)
+    app.router.add_post("/v1/revocations", create_revocation)
+    app.router.add_get("/v1/revocations", list_revocations)
+    app.router.add_post(r"/v1/agents/{name}/{action:disable|enable}", set_agent_status)
+    app.router.add_post("/v1/keys/rotate", rotate_keys)
+    app.router.add_get("/v1/tenants/{tenant}/audit/records", audit_records)
+    app.router.add_post("/v1/tokens", token_api.mint_token)
     return app

@@ -24,6 +24,8 @@ from .errors import ConfigError
 ENV_PREFIX = "WARDGATE_"
 # Variables that select where configuration lives rather than being part of it.
 ENV_LOCATORS = {"WARDGATE_HOME", "WARDGATE_CONFIG"}
+# Reserved for the test harness (e.g. WARDGATE_TEST_PG_DSN set by scripts/postgres.sh).
+ENV_RESERVED_PREFIX = "WARDGATE_TEST_"
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -67,7 +69,27 @@ class ProxySettings(_Section):
     listen: Listener = Listener(port=8080)
     # Upstream TLS is always verified; this adds a CA bundle to trust (tests, internal PKI).
     upstream_ca_file: Path | None = None
-    connect_timeout: float = 10.0
+
+
+class EgressSettings(_Section):
+    # Internal ranges (CIDR) the proxy may reach although they are loopback/private/etc.
+    # Cloud-metadata addresses stay refused whatever is listed here.
+    unsafe_allow_ranges: list[str] = []
+    resolve_timeout: float = 5.0
+
+    @field_validator("unsafe_allow_ranges")
+    @classmethod
+    def _cidrs(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        for item in value:
+            ipaddress.ip_network(item, strict=False)
+        return value
+
+    @field_validator("resolve_timeout", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> float:
+        return parse_duration(value)
 
 
 class AdminSettings(_Section):
@@ -111,8 +133,65 @@ class IdentitySettings(_Section):
 class AuditSettings(_Section):
     # How long an allowed call may wait for its intent record to be durably committed.
     commit_timeout: float = 2.0
+    # Signed checkpoints over each writer's chain: every N records, every T seconds while records
+    # arrive, and after `checkpoint_idle` without any (see docs/audit.md).
+    checkpoint_every: int = Field(default=1000, ge=1)
+    checkpoint_interval: float = 10.0
+    checkpoint_idle: float = 1.0
+    # The checkpoint signing key lives outside the database (default <home>/audit-keys).
+    keys_dir: Path | None = None
+    # External checkpoint sinks the database cannot rewrite: a file on another path, a command
+    # (argv list; gets one JSON line on stdin per checkpoint).
+    checkpoint_sink_file: Path | None = None
+    checkpoint_sink_command: list[str] | None = None
+    # Outcomes the store could not take are fsync'd here and replayed (default <home>/audit-spool.jsonl).
+    spool_file: Path | None = None
 
-    @field_validator("commit_timeout", mode="before")
+    @field_validator("commit_timeout", "checkpoint_interval", "checkpoint_idle", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> float:
+        return parse_duration(value)
+
+
+class StateSettings(_Section):
+    # Where shared state lives. Empty: the SQLite files under `home` (one machine).
+    # "postgresql://user@host/db": revocations are shared by every replica on that database.
+    url: SecretStr | None = None
+
+
+class RevocationSettings(_Section):
+    # The view is refreshed at least this often (PostgreSQL NOTIFY wakes it sooner).
+    poll_interval: float = Field(default=0.25, gt=0, le=60)
+    # Longer than this without a successful refresh: refuse calls (503 revocation_unavailable).
+    max_staleness: float = Field(default=3.0, gt=0, le=300)
+    # Bound on each call into the revocation store.
+    timeout: float = Field(default=1.0, gt=0, le=30)
+
+    @field_validator("poll_interval", "max_staleness", "timeout", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> float:
+        return parse_duration(value)
+
+
+class IdempotencySettings(_Section):
+    # How long a stored response answers retries with the same Idempotency-Key.
+    ttl: float = 86400.0
+    # How long a retry waits for the first attempt still in flight before answering 409.
+    in_flight_wait: float = 10.0
+    # Responses larger than this are not stored; retries then get 409 idempotency_outcome_unknown.
+    max_response_bytes: int = Field(default=1 << 20, ge=0)
+
+    @field_validator("ttl", "in_flight_wait", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> float:
+        return parse_duration(value)
+
+
+class ApprovalSettings(_Section):
+    # How long a parked call waits for a decision before its approval expires.
+    ttl: float = 86400.0
+
+    @field_validator("ttl", mode="before")
     @classmethod
     def _duration(cls, value: Any) -> float:
         return parse_duration(value)
@@ -143,11 +222,16 @@ class Settings(_Section):
     version: Literal[1] = 1
     home: Path = Path(".wardgate")
     proxy: ProxySettings = ProxySettings()
+    egress: EgressSettings = EgressSettings()
     admin: AdminSettings = AdminSettings()
     opa: OpaSettings = OpaSettings()
     identity: IdentitySettings = IdentitySettings()
     audit: AuditSettings = AuditSettings()
     demo: DemoSettings = DemoSettings()
+    state: StateSettings = StateSettings()
+    revocation: RevocationSettings = RevocationSettings()
+    idempotency: IdempotencySettings = IdempotencySettings()
+    approvals: ApprovalSettings = ApprovalSettings()
     mcp: McpSettings = McpSettings()
     admin_token: SecretStr | None = None
 
@@ -204,7 +288,7 @@ def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
     """``WARDGATE_PROXY__LISTEN__PORT=9000`` → {"proxy": {"listen": {"port": "9000"}}}."""
     tree: dict[str, Any] = {}
     for name, value in environ.items():
-        if not name.startswith(ENV_PREFIX) or name in ENV_LOCATORS:
+        if not name.startswith(ENV_PREFIX) or name in ENV_LOCATORS or name.startswith(ENV_RESERVED_PREFIX):
             continue
         path = [part.lower() for part in name[len(ENV_PREFIX):].split("__")]
         node = tree

@@ -31,6 +31,9 @@ class Call:
     credential_service: str | None = None
     mcp: McpInput | None = None
     step: str | None = None
+    # Set by Idempotency: the caller's key, and whether the response is a stored one replayed.
+    idempotency_key: str | None = None
+    replay: bool = False
     # Set in requestheaders when the decision needs the body (MCP): EgressPolicy decides in `request`.
     decide_on_body: bool = False
     # How a refusal of this call is rendered when not as wardgate's JSON error (MCP: JSON-RPC error).
@@ -40,6 +43,11 @@ class Call:
     # Denied, but the policy is in report mode for this caller: recorded as would_deny, forwarded.
     would_deny: bool = False
     policy_revision: str | None = None
+
+    @property
+    def proceeds(self) -> bool:
+        """The policy let this call go on: allowed, or denied in report mode (would_deny)."""
+        return self.decision is not None and (self.decision.allow or self.would_deny)
 
     def record(self, flow: http.HTTPFlow, kind: Kind, **values: object) -> AuditRecord:
         """An audit record for this call, filled from the principal, the request and ``values``."""
@@ -56,6 +64,7 @@ class Call:
             path=request.path.split("?", 1)[0] if request.method != "CONNECT" else None,
             latency_policy_ms=self.policy_ms,
             credential_service=self.credential_service,
+            trace_id=flow.metadata.get("wardgate.trace_id"),
         )
         if principal is not None:
             record.tenant, record.agent, record.user = principal.tenant, principal.agent, principal.user
@@ -72,6 +81,8 @@ class Call:
                 record.mcp_arguments = json.dumps(redact(self.mcp.arguments, decision.redact), sort_keys=True)
         if self.policy_document is not None and kind != "outcome":
             record.policy_input = self._recorded_input()
+        record.step = self.step or request.headers.get("x-wardgate-step")
+        record.idempotency_key, record.replay = self.idempotency_key, int(self.replay)
         for name, value in values.items():
             setattr(record, name, value)
         return record

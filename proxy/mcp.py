@@ -6,8 +6,9 @@ needing their body for the decision; in ``request`` it parses the body once, str
 the call a JSON-RPC error the MCP client shows to the model. EgressPolicy then decides.
 
 Responses: a ``tools/list`` result is cut down to the tools the caller may call (one policy query
-per tool, ``mcp.listing = true``); every other ``text/event-stream`` response streams through
-event by event (:class:`SseRelay`, where response scrubbing plugs in).
+per tool, ``mcp.listing = true``), its event stream buffered for that; every other event stream
+is relayed as it arrives by EventStreams, through :class:`SseRelay` when an ``event_filter`` is
+given (whole events, rewritten or dropped: where per-event scrubbing plugs in).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from wardgate.gateway.settings import McpSettings
 
 from .call import Call, call_of
 from .egress import policy_input
+from .event_streams import STREAM_BUFFERED, STREAM_FILTERS
 from .refusals import refuse
 
 log = logging.getLogger("wardgate.mcp")
@@ -153,15 +155,17 @@ class McpGateway:
         )
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
+        """Runs before EventStreams, which relays every event stream as it arrives."""
         response = flow.response
         if response is None or flow.metadata.get("wardgate.refused"):
             return
         if _media_type(response.headers) != "text/event-stream":
             return
-        call = call_of(flow)
-        if _lists_tools(call):
-            return  # buffered: a tools/list stream ends with its result, which is filtered whole
-        response.stream = SseRelay(self._event_filter)
+        if _lists_tools(call_of(flow)):
+            # A tools/list stream ends with its result, which is filtered whole in `response`.
+            flow.metadata[STREAM_BUFFERED] = True
+        elif self._event_filter is not None:
+            flow.metadata.setdefault(STREAM_FILTERS, []).append(SseRelay(self._event_filter))
 
     async def response(self, flow: http.HTTPFlow) -> None:
         call = call_of(flow)

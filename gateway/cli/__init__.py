@@ -15,10 +15,13 @@ import click
 from ..errors import WardgateError
 from ._context import CliContext
 from .agents import agents
+from .approvals import approvals
 from .audit import audit
 from .ca import ca
 from .demo import demo
+from .keys import keys
 from .policy import policy
+from .runs import runs
 from .tokens import tokens
 from .up import up
 
@@ -32,8 +35,10 @@ def cli(ctx: click.Context, config_file: Path | None, home: Path | None) -> None
     ctx.obj = CliContext(config_file=config_file, home=home)
 
 
-for command in (up, ca, agents, tokens, policy, audit, demo):
+for command in (up, ca, agents, tokens, policy, audit, demo, keys, runs):
     cli.add_command(command)
+cli.add_command(approvals)
+cli.add_command(runs)
 
 
 def main() -> None:

@@ -1,7 +1,9 @@
-"""Every *_test.rego under policies/ runs with the real `opa test`, through `wardgate policy test`."""
+"""The Rego unit tests (*_test.rego) run by the real `opa test`, so CI fails when a policy test fails;
+and the same through `wardgate policy test`, covering every example under policies/."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -10,6 +12,19 @@ import sys
 from pathlib import Path
 
 from support import POLICIES
+
+
+def test_policy_unit_tests_pass(opa_binary: str) -> None:
+    done = subprocess.run([opa_binary, "test", "--format", "json", str(POLICIES)], capture_output=True, text=True, timeout=120)
+    results = json.loads(done.stdout)
+    failed = [r["name"] for r in results if r.get("fail") or r.get("error")]
+    assert done.returncode == 0 and not failed, failed or done.stderr
+    assert len(results) >= 9
+
+
+def test_policies_are_formatted(opa_binary: str) -> None:
+    done = subprocess.run([opa_binary, "fmt", "--list", str(POLICIES)], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "", f"run `opa fmt -w policies/`: {done.stdout}"
 
 
 def policy_test(tmp_path: Path, policies: Path) -> subprocess.CompletedProcess[str]:

@@ -18,19 +18,40 @@ import rego.v1
 
 default decision := {"allow": false, "reasons": ["no_rule_allows"]}
 
-decision := {"allow": false, "reasons": ["no_rule_allows"], "redact": redact, "report_only": report_only} if {
+decision := object.union({"allow": false, "reasons": ["no_rule_allows"]}, extras) if {
 	count(deny_reasons) == 0
 	count(allow_reasons) == 0
 }
 
-decision := {"allow": true, "reasons": sort([r | some r in allow_reasons]), "redact": redact, "report_only": report_only} if {
+decision := object.union(object.union({"allow": true, "reasons": sort([r | some r in allow_reasons])}, obligations), extras) if {
 	count(deny_reasons) == 0
 	count(allow_reasons) > 0
 }
 
-decision := {"allow": false, "reasons": sort([r | some r in deny_reasons]), "redact": redact, "report_only": report_only} if {
+# A matching rule with "require_approval": true parks the call until a human approves it.
+default obligations := {}
+
+obligations := {"require_approval": true} if {
+	some rule in tenant_rules
+	rule_matches(rule)
+	object.get(rule, "require_approval", false) == true
+}
+
+decision := object.union({"allow": false, "reasons": sort([r | some r in deny_reasons])}, extras) if {
 	count(deny_reasons) > 0
 }
+
+# Obligations that appear only when they say something: redact (MCP argument fields the audit
+# trail must not keep) and report_only (log a denial as would_deny, let the call through).
+extras := object.union(redact_obligation, report_obligation)
+
+default redact_obligation := {}
+
+redact_obligation := {"redact": redact} if count(redact) > 0
+
+default report_obligation := {}
+
+report_obligation := {"report_only": true} if report_only
 
 read_methods := {"GET", "HEAD", "OPTIONS"}
 

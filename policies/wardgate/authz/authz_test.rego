@@ -86,8 +86,7 @@ decide_mcp(doc) := d if {
 
 test_mcp_listed_tool_is_allowed_without_write_scope if {
 	d := decide_mcp(mcp_call("bob", [], {"method": "tools/call", "tool": "search", "arguments": {"q": "x"}}))
-	d.allow == true
-	d.redact == []
+	d == {"allow": true, "reasons": ["destination_allowed"]}
 }
 
 test_mcp_unlisted_tool_is_denied if {
@@ -130,4 +129,12 @@ test_report_only_per_agent if {
 		with data.wardgate.config as {"tenants": tenants, "report_only_agents": ["bot"]}
 	d.report_only == true
 	not decide(call("acme", [], "GET", "evil.test", 443, "/")).report_only
+}
+
+test_rule_can_require_approval if {
+	d := authz.decision with input as call("acme", ["write"], "POST", "pay.test", 443, "/charge")
+		with data.wardgate.config.tenants as {"acme": {"allow": [{"host": "pay.test", "require_approval": true}]}}
+	d.allow == true
+	d.require_approval == true
+	not decide(call("acme", [], "GET", "api.github.com", 443, "/repos")).require_approval
 }
