@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from .errors import WardgateError
@@ -73,6 +74,8 @@ class PolicyReloader:
         self._status_file = status_file
         self._grace = grace
         self._lock = asyncio.Lock()
+        # Told the new OPA's URL before any query goes to it (the proxy guards it as its own listener).
+        self.on_switch: Callable[[str], None] | None = None
         self.revision = policy_revision(paths)
         policy.revision = self.revision
         self._write_status("serving", None, self.revision)
@@ -87,6 +90,8 @@ class PolicyReloader:
                 log.error("policy reload (%s) rejected, still serving %s: %s", reason, self.revision[:12], error.message)
                 self._write_status("rejected", error.message, attempted)
                 return False
+            if self.on_switch is not None:
+                self.on_switch(url)
             await self._policy.retarget(url)
             self.revision = self._policy.revision = attempted
             log.warning("policy reloaded (%s): revision %s", reason, attempted[:12])

@@ -224,6 +224,17 @@ async def serve(settings: Settings, on_ready: Callable[[Listeners], None]) -> No
             task.add_done_callback(reloads.discard)
 
         loop.add_signal_handler(signal.SIGHUP, reload_on_signal)
+        if reloader is not None and managed is not None:
+            def opa_switched(url: str) -> None:
+                host, _, port = URL(url).authority.rpartition(":")
+                guard.protect(host, int(port))
+                listeners_file = settings.run_dir / "listeners.json"
+                if listeners_file.exists():
+                    current = json.loads(listeners_file.read_text())
+                    current.update(opa=url, opa_pid=managed.pid)
+                    write_listeners(listeners_file, Listeners(**current))
+
+            reloader.on_switch = opa_switched
 
         async def announce() -> None:
             ps = proxy_master.addons.get("proxyserver")

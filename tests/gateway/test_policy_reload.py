@@ -55,6 +55,7 @@ def cli_reload(gateway: Gateway) -> subprocess.CompletedProcess[str]:
 
 def test_reload_keeps_serving_and_rejects_broken_policies(reload_gateway: tuple[Gateway, Path], upstream: Upstream) -> None:
     gateway, data = reload_gateway
+    first_opa = gateway.listeners["opa"]
     private = f"/private/{uuid.uuid4()}"
     assert status(gateway, upstream, "/allowed/x") == 200
     assert status(gateway, upstream, private) == 403
@@ -96,6 +97,13 @@ def test_reload_keeps_serving_and_rejects_broken_policies(reload_gateway: tuple[
         assert done.returncode == 0, done.stderr
         assert "reloaded" in done.stdout
         until(lambda: status(gateway, upstream, private) == 403, "narrowed policy served")
+
+        # The OPA now serving is guarded like every other own listener, and listeners.json says where it is.
+        listeners = json.loads((gateway.settings.run_dir / "listeners.json").read_text())
+        assert listeners["opa"] != first_opa
+        proxy = gateway.proxy_with(gateway.mint("rl-bot", tenant="rl"))
+        to_opa = requests.get(f"{listeners['opa']}/allowed/health", proxies={"http": proxy}, timeout=15)
+        assert to_opa.status_code == 403 and to_opa.json()["error"]["reasons"] == ["own_listener"]
     finally:
         stop.set()
         load.join(60)
