@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 from aiohttp import web
 from mitmproxy import master, options
 from mitmproxy.addons import core, errorcheck, next_layer, proxyserver, tlsconfig
@@ -21,6 +22,7 @@ from wardgate.gateway.agents import AgentDirectory, AgentRegistry
 from wardgate.gateway.audit import AuditWriter
 from wardgate.gateway.echo import build_echo_app
 from wardgate.gateway.identity import TokenVerifier
+from wardgate.gateway.issuers import ExternalIssuer
 from wardgate.gateway.keys import KeyRing
 from wardgate.gateway.opa_process import ManagedOpa, wait_healthy
 from wardgate.gateway.policy import PolicyClient
@@ -144,7 +146,14 @@ async def serve(settings: Settings, on_ready: Callable[[Listeners], None]) -> No
             )
             stack.push_async_callback(echo_runner.cleanup)
 
-        verifier = TokenVerifier(keys, settings.identity, directory, revocations)
+        issuers: list[ExternalIssuer] = []
+        if settings.trusted_issuers:
+            jwks_session = await stack.enter_async_context(aiohttp.ClientSession())
+            issuers = [ExternalIssuer(trusted, jwks_session) for trusted in settings.trusted_issuers]
+            for issuer in issuers:
+                task = asyncio.create_task(issuer.run(), name=f"jwks {issuer.settings.issuer}")
+                stack.callback(task.cancel)
+        verifier = TokenVerifier(keys, settings.identity, directory, revocations, issuers)
         timeout = settings.audit.commit_timeout
         protocol_errors.install()
         auth = ProxyAuth(verifier, audit, timeout, revocations)
