@@ -109,8 +109,12 @@ def replica(root: Path, dsn: str, acme_policy: Path, upstream_ca_file: Path, key
 
 
 def status(gw: Gateway, upstream: Upstream, token: str) -> tuple[int, str | None]:
-    response = requests.get(f"{upstream.http_url}/allowed/{uuid.uuid4()}", proxies={"http": gw.proxy_with(token)},
-                            timeout=15)
+    try:
+        response = requests.get(f"{upstream.http_url}/allowed/{uuid.uuid4()}", proxies={"http": gw.proxy_with(token)},
+                                timeout=15)
+    except requests.exceptions.ConnectionError:
+        # A revocation that lands while this request is in flight closes its connection.
+        return 0, "connection_closed"
     return response.status_code, response.headers.get("X-Wardgate-Error")
 
 
