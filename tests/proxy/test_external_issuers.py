@@ -113,7 +113,7 @@ def gw(opa_binary: str, tmp_path_factory: pytest.TempPathFactory, acme_policy: P
     root = tmp_path_factory.mktemp("issuers")
     svid_jwks = root / "spire-jwks.json"
     svid_jwks.write_text(json.dumps({"keys": [jwk_of(idp.svid_key, "svid-1"),
-                                              {"kty": "oct", "kid": "hmac", "k": "c2VjcmV0"}]}))
+                                              {"kty": "oct", "kid": "hmac", "k": base64.urlsafe_b64encode(b"s" * 32).rstrip(b"=").decode()}]}))
     config = f"""
 [[trusted_issuers]]
 issuer = "{OIDC}"
@@ -181,7 +181,7 @@ def test_hostile_tokens_for_external_issuers(gw: Gateway, upstream: Upstream, id
                            "iat": now, "exp": now + 60}).encode())
     hs256 = f"{head}.{body}." + b64(hmac.new(public_pem, f"{head}.{body}".encode(), hashlib.sha256).digest())
     hmac_key_in_jwks = jwt.encode({"iss": SPIFFE, "aud": AUDIENCE, "sub": "spiffe://example.org/agent/acme-bot",
-                                   "iat": now, "exp": now + 60}, "secret", algorithm="HS256", headers={"kid": "hmac"})
+                                   "iat": now, "exp": now + 60}, "s" * 32, algorithm="HS256", headers={"kid": "hmac"})
     cases = {
         "hs256_with_public_key": (hs256, "identity_algorithm_refused"),
         "hs256_against_oct_key": (hmac_key_in_jwks, "identity_algorithm_refused"),
