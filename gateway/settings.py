@@ -194,6 +194,45 @@ class ApprovalSettings(_Section):
         return parse_duration(value)
 
 
+EXTERNAL_ALGORITHMS = ("EdDSA", "ES256", "ES384", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512")
+
+
+class TrustedIssuer(_Section):
+    """An external identity provider (OIDC, SPIFFE JWT-SVID) trusted by issuer + JWKS."""
+
+    issuer: str  # exact `iss`
+    jwks: str  # https URL or a file path
+    audience: str  # exact, single-valued `aud`
+    algorithms: list[str] = ["EdDSA", "ES256", "RS256"]
+    # Accepted `typ` header values; "" accepts a token without one (JWT-SVIDs often omit it).
+    token_types: list[str] = ["at+jwt"]
+    # Claim mapping (dotted paths into the claims): who is the agent, the user, the tenant.
+    agent_claim: str = "act.sub"
+    agent_prefix: str = ""  # e.g. "spiffe://example.org/agent/": required, then stripped
+    user_claim: str = "sub"
+    tenant_claim: str | None = None
+    tenant: str | None = None  # fixed tenant when the issuer has no tenant claim
+    scope_claim: str = "scope"
+    refresh_interval: float = 300.0
+    refetch_min_interval: float = 30.0  # an unknown kid triggers at most one fetch per this interval
+    max_age: float = 3600.0  # the last good key set is used up to this age, then calls fail closed
+    fetch_timeout: float = 5.0
+    unsafe_allow_http: bool = False  # plain-http JWKS URL (tests, loopback only)
+
+    @field_validator("refresh_interval", "refetch_min_interval", "max_age", "fetch_timeout", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> float:
+        return parse_duration(value)
+
+    @field_validator("algorithms")
+    @classmethod
+    def _asymmetric_only(cls, value: list[str]) -> list[str]:
+        refused = [a for a in value if a not in EXTERNAL_ALGORITHMS]
+        if refused or not value:
+            raise ValueError(f"algorithms must be a non-empty subset of {', '.join(EXTERNAL_ALGORITHMS)} (never none or HMAC)")
+        return value
+
+
 class DemoSettings(_Section):
     # The embedded default (no config file) turns this on: `wardgate up` then registers a demo
     # agent, starts a tiny echo upstream on loopback and prints a curl line that works on a
@@ -219,6 +258,7 @@ class Settings(_Section):
     revocation: RevocationSettings = RevocationSettings()
     idempotency: IdempotencySettings = IdempotencySettings()
     approvals: ApprovalSettings = ApprovalSettings()
+    trusted_issuers: list[TrustedIssuer] = []
     admin_token: SecretStr | None = None
 
     @property

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 from aiohttp import web
 from yarl import URL
 from mitmproxy import master, options
@@ -26,6 +27,7 @@ from wardgate.gateway import approval_api
 from wardgate.gateway.approvals import ApprovalStore
 from wardgate.gateway.identity import TokenVerifier
 from wardgate.gateway.idempotency import IdempotencyStore
+from wardgate.gateway.issuers import ExternalIssuer
 from wardgate.gateway.keys import KeyRing
 from wardgate.gateway.opa_process import ManagedOpa, wait_healthy
 from wardgate.gateway.policy import PolicyClient
@@ -162,7 +164,14 @@ async def serve(settings: Settings, on_ready: Callable[[Listeners], None]) -> No
             )
             stack.push_async_callback(echo_runner.cleanup)
 
-        verifier = TokenVerifier(keys, settings.identity, directory, revocations)
+        issuers: list[ExternalIssuer] = []
+        if settings.trusted_issuers:
+            jwks_session = await stack.enter_async_context(aiohttp.ClientSession())
+            issuers = [ExternalIssuer(trusted, jwks_session) for trusted in settings.trusted_issuers]
+            for issuer in issuers:
+                task = asyncio.create_task(issuer.run(), name=f"jwks {issuer.settings.issuer}")
+                stack.callback(task.cancel)
+        verifier = TokenVerifier(keys, settings.identity, directory, revocations, issuers)
         timeout = settings.audit.commit_timeout
         guard = DestinationGuard(settings.egress.unsafe_allow_ranges, resolve_timeout=settings.egress.resolve_timeout)
         for address in (admin_addr, URL(opa_url).authority):
