@@ -17,6 +17,7 @@ from ._context import CliContext
 from .agents import agents
 from .audit import audit
 from .ca import ca
+from .creds import creds
 from .demo import demo
 from .policy import policy
 from .tokens import tokens
@@ -32,7 +33,7 @@ def cli(ctx: click.Context, config_file: Path | None, home: Path | None) -> None
     ctx.obj = CliContext(config_file=config_file, home=home)
 
 
-for command in (up, ca, agents, tokens, policy, audit, demo):
+for command in (up, ca, agents, tokens, policy, audit, demo, creds):
     cli.add_command(command)
 
 
