@@ -55,11 +55,17 @@ class Bindings:
         return None
 
     def resolve(self, scheme: str, host: str, port: int) -> Binding | None:
-        """The service whose credential may go to this destination, or None."""
-        binding = self.for_host(host)
-        if binding is None or scheme != "https" or port not in binding.service.ports:
+        """The service whose credential may go to this destination, or None.
+
+        Several services may share a host on different ports; a host matched on no listed port,
+        or reached over plain HTTP, gets no credential.
+        """
+        if scheme != "https":
             return None
-        return binding
+        for name, service in self._services.items():
+            if port in service.ports and any(host_matches(pattern, host) for pattern in service.hosts):
+                return Binding(name, service)
+        return None
 
 
 def markers_in(text: str) -> set[str]:

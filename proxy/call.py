@@ -27,6 +27,8 @@ class Call:
     credential_service: str | None = None
     mcp: McpInput | None = None
     step: str | None = None
+    # Occurrences of an injected secret removed from the response (proxy/scrub.py).
+    scrub_count: int = 0
 
     def record(self, flow: http.HTTPFlow, kind: Kind, **values: object) -> AuditRecord:
         """An audit record for this call, filled from the principal, the request and ``values``."""
@@ -43,6 +45,7 @@ class Call:
             path=request.path.split("?", 1)[0] if request.method != "CONNECT" else None,
             latency_policy_ms=self.policy_ms,
             credential_service=self.credential_service,
+            scrub_count=self.scrub_count,
         )
         if principal is not None:
             record.tenant, record.agent, record.user = principal.tenant, principal.agent, principal.user

@@ -29,6 +29,7 @@ from wardgate.gateway.settings import Settings
 from . import protocol_errors
 from .audit_trail import AuditTrail
 from .auth import ProxyAuth
+from .credentials import build_credentials
 from .egress import EgressPolicy
 
 log = logging.getLogger("wardgate")
@@ -133,9 +134,11 @@ async def serve(settings: Settings, on_ready: Callable[[Listeners], None]) -> No
         verifier = TokenVerifier(keys, settings.identity, directory)
         timeout = settings.audit.commit_timeout
         protocol_errors.install()
+        binding, injector, scrubber = await stack.enter_async_context(build_credentials(settings, keys, audit, timeout))
         proxy_master = build_master(
             settings,
-            [ProxyAuth(verifier, audit, timeout), EgressPolicy(policy, audit, timeout), AuditTrail(audit)],
+            [ProxyAuth(verifier, audit, timeout), binding, EgressPolicy(policy, audit, timeout), injector, scrubber,
+             AuditTrail(audit)],
         )
         refresher = asyncio.create_task(directory.run(), name="agent-directory")
         stack.callback(refresher.cancel)

@@ -1,0 +1,146 @@
+"""Credential injection: the user's secret goes out on the wire, the agent never holds it.
+
+Two addons around EgressPolicy:
+
+- ``CredentialBinding`` (before EgressPolicy) decides which service's credential this call would
+  carry, so the policy input names it (``credential.service``). It binds on the destination the
+  proxy really connects to, refuses a Host header naming another host when either is a bound
+  host (``host_mismatch``), and refuses a placeholder marker sent anywhere but a destination bound
+  to that service (``credential_placeholder_misplaced``): it is never forwarded.
+- ``CredentialInjector`` (after EgressPolicy, so only allowed calls) removes whatever the agent
+  sent for the service's credential (its header, the configured extra headers and cookies, the
+  query parameter) and sets the user's credential once. Lookup failures refuse the call.
+
+Plain HTTP, another port, another host: no binding, so nothing is injected. Upstream TLS is always
+verified by mitmproxy before the request (and its credential) is sent. Redirects are answered to
+the agent as they are; mitmproxy never follows them, so a follow-up is a new call, judged and bound
+on its own destination.
+"""
+
+from __future__ import annotations
+
+import re
+
+from mitmproxy import http
+
+from wardgate.gateway.audit import AuditWriter
+from wardgate.gateway.bindings import Binding, Bindings, marker, markers_in
+from wardgate.gateway.credentials import Caller, CredentialProvider, Injected
+from wardgate.gateway.errors import BadRequest, WardgateError
+
+from .call import call_of
+from .refusals import refuse
+
+BINDING = "wardgate.binding"
+INJECTED = "wardgate.injected"
+
+
+def _request_markers(request: http.Request) -> set[str]:
+    found: set[str] = set()
+    for _, value in request.headers.items(multi=True):
+        found |= markers_in(value)
+    _, _, query = request.path.partition("?")
+    found |= markers_in(query.replace("%3A", ":").replace("%3a", ":"))
+    return found
+
+
+def _host_header(request: http.Request) -> str | None:
+    authority = request.host_header
+    if not authority:
+        return None
+    host = authority.rsplit(":", 1)[0] if not authority.endswith("]") else authority
+    return host.strip("[]").lower().rstrip(".")
+
+
+class CredentialBinding:
+    def __init__(self, bindings: Bindings, audit: AuditWriter, audit_timeout: float) -> None:
+        self._bindings = bindings
+        self._audit = audit
+        self._audit_timeout = audit_timeout
+
+    async def requestheaders(self, flow: http.HTTPFlow) -> None:
+        call = call_of(flow)
+        if flow.response is not None or call.principal is None:
+            return
+        request = flow.request
+        destination = request.host.lower().rstrip(".")
+        claimed = _host_header(request)
+        if claimed is not None and claimed != destination and (
+            self._bindings.for_host(claimed) or self._bindings.for_host(destination)
+        ):
+            error = BadRequest("the Host header names another host than the destination", code="host_mismatch")
+            await refuse(flow, error, self._audit, self._audit_timeout)
+            return
+        binding = self._bindings.resolve(request.scheme, destination, request.port)
+        markers = _request_markers(request)
+        stray = markers - ({binding.name} if binding else set())
+        if stray:
+            error = BadRequest(
+                "a credential placeholder was sent to a destination not bound to its service",
+                code="credential_placeholder_misplaced",
+            )
+            await refuse(flow, error, self._audit, self._audit_timeout)
+            return
+        if binding is None or (binding.service.mode == "placeholder" and binding.name not in markers):
+            return
+        call.credential_service = binding.name
+        flow.metadata[BINDING] = binding
+
+
+def _strip_cookies(request: http.Request, names: list[str]) -> None:
+    if not names or "cookie" not in request.headers:
+        return
+    cookies = request.cookies
+    for name in names:
+        cookies.pop(name, None)
+    if not request.cookies:
+        request.headers.pop("cookie", None)
+
+
+def _apply(request: http.Request, binding: Binding, injected: Injected) -> None:
+    service = binding.service
+    if service.mode == "placeholder":
+        token = marker(binding.name)
+        pattern = re.compile(re.escape(token) + r"(?![a-z0-9._-])")
+        fields = []
+        for name, value in request.headers.fields:
+            text = value.decode("latin-1")
+            fields.append((name, pattern.sub(lambda _: injected.token, text).encode("latin-1")))
+        request.headers.fields = tuple(fields)
+        items = list(request.query.items(multi=True))
+        if any(token in value for _, value in items):
+            request.query = [(key, pattern.sub(lambda _: injected.token, value)) for key, value in items]
+        return
+    for name in (*service.strip_headers, *(() if service.mechanism == "query" else (service.header,))):
+        request.headers.pop(name, None)
+    _strip_cookies(request, service.strip_cookies)
+    if service.mechanism == "query":
+        assert service.query_param
+        request.query[service.query_param] = injected.token
+    elif service.mechanism == "basic":
+        request.headers["Authorization"] = injected.header_value
+    else:
+        request.headers[service.header] = injected.header_value
+
+
+class CredentialInjector:
+    def __init__(self, provider: CredentialProvider, audit: AuditWriter, audit_timeout: float) -> None:
+        self._provider = provider
+        self._audit = audit
+        self._audit_timeout = audit_timeout
+
+    async def requestheaders(self, flow: http.HTTPFlow) -> None:
+        binding: Binding | None = flow.metadata.get(BINDING)
+        call = call_of(flow)
+        if binding is None or flow.response is not None or call.forwarded_at is None or call.principal is None:
+            return
+        principal = call.principal
+        caller = Caller(principal.tenant, principal.user, principal.agent, principal.run, call.call_id)
+        try:
+            injected = await self._provider.credential_for(binding, caller)
+        except WardgateError as error:
+            call.forwarded_at = None
+            await refuse(flow, error, self._audit, self._audit_timeout)
+            return
+        _apply(flow.request, binding, injected)
+        flow.metadata[INJECTED] = injected
