@@ -13,6 +13,7 @@ the call is not forwarded without its credential.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import re
 import ssl
@@ -56,6 +57,9 @@ class OAuthRefresher:
         self._ssl = ssl_context
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._locks: dict[tuple[str, str, str], asyncio.Lock] = {}
+        # A refresh that just failed is not retried by every call queued behind it.
+        self._failed: dict[tuple[str, str, str], tuple[float, str, bytes]] = {}
+        self.retry_after = 5.0
         self._session: aiohttp.ClientSession | None = None
         self.refreshes = 0
 
@@ -77,7 +81,18 @@ class OAuthRefresher:
             grant = _grant(current)
             if _fresh(grant, skew, time.time()):
                 return grant["access_token"]
-            grant = await self._refresh(credential.service, grant)
+            # Same grant as a refresh that failed moments ago: answer as that one did. A newly
+            # stored grant (another refresh token) is tried at once.
+            tried = hashlib.sha256(str(grant.get("refresh_token")).encode()).digest()
+            failed = self._failed.get(key)
+            if failed is not None and failed[2] == tried and time.monotonic() - failed[0] < self.retry_after:
+                raise refresh_failed(credential.service, failed[1])
+            try:
+                grant = await self._refresh(credential.service, grant)
+            except UpstreamError as error:
+                self._failed[key] = (time.monotonic(), error.reasons[0] if error.reasons else "refresh_failed", tried)
+                raise
+            self._failed.pop(key, None)
             await asyncio.to_thread(
                 self._vault.put, *key, "oauth", json.dumps(grant, separators=(",", ":")).encode()
             )

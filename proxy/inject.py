@@ -97,30 +97,34 @@ def _strip_cookies(request: http.Request, names: list[str]) -> None:
         request.headers.pop("cookie", None)
 
 
+def _replace_markers(request: http.Request, name: str, value: str) -> None:
+    """Every ``wardgate:NAME`` marker in header values and query values becomes ``value``."""
+    pattern = re.compile(re.escape(marker(name)) + r"(?![a-z0-9._-])")
+    fields = []
+    for key, raw in request.headers.fields:
+        text = raw.decode("latin-1")
+        fields.append((key, pattern.sub(lambda _: value, text).encode("latin-1")))
+    request.headers.fields = tuple(fields)
+    items = list(request.query.items(multi=True))
+    if any(pattern.search(item) for _, item in items):
+        request.query = [(key, pattern.sub(lambda _: value, item)) for key, item in items]
+
+
 def _apply(request: http.Request, binding: Binding, injected: Injected) -> None:
     service = binding.service
-    if service.mode == "placeholder":
-        token = marker(binding.name)
-        pattern = re.compile(re.escape(token) + r"(?![a-z0-9._-])")
-        fields = []
-        for name, value in request.headers.fields:
-            text = value.decode("latin-1")
-            fields.append((name, pattern.sub(lambda _: injected.token, text).encode("latin-1")))
-        request.headers.fields = tuple(fields)
-        items = list(request.query.items(multi=True))
-        if any(token in value for _, value in items):
-            request.query = [(key, pattern.sub(lambda _: injected.token, value)) for key, value in items]
-        return
-    for name in (*service.strip_headers, *(() if service.mechanism == "query" else (service.header,))):
-        request.headers.pop(name, None)
-    _strip_cookies(request, service.strip_cookies)
-    if service.mechanism == "query":
-        assert service.query_param
-        request.query[service.query_param] = injected.token
-    elif service.mechanism == "basic":
-        request.headers["Authorization"] = injected.header_value
-    else:
-        request.headers[service.header] = injected.header_value
+    if service.mode == "inject":
+        for name in (*service.strip_headers, *(() if service.mechanism == "query" else (service.header,))):
+            request.headers.pop(name, None)
+        _strip_cookies(request, service.strip_cookies)
+        if service.mechanism == "query":
+            assert service.query_param
+            request.query[service.query_param] = injected.token
+        elif service.mechanism == "basic":
+            request.headers["Authorization"] = injected.header_value
+        else:
+            request.headers[service.header] = injected.header_value
+    # A marker on its own bound destination is always filled in, never forwarded as it is.
+    _replace_markers(request, binding.name, injected.token)
 
 
 class CredentialInjector:

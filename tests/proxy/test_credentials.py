@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import sqlite3
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -161,6 +164,29 @@ def test_header_mechanisms_replace_what_the_agent_sent(
     intent, done = cred_gateway.records(response.headers["X-Wardgate-Audit-Id"], wait_for=2)
     assert intent["credential_service"] == service and done["credential_service"] == service
     assert done["scrub_count"] >= 1
+
+
+def test_marker_on_its_own_bound_host_is_always_filled_in(cred_gateway: Gateway, cred_upstream: CredentialUpstream) -> None:
+    path = f"/allowed/{uuid.uuid4()}"
+    response = call(cred_gateway, cred_upstream.url(PORT["bearer"], path) + "?sig=wardgate%3Abearer",
+                    headers={"X-Other": "token wardgate:bearer"})
+    assert response.status_code == 200
+    seen = cred_upstream.last(path)
+    assert seen.headers["X-Other"] == f"token {TOKEN}" and "wardgate" not in seen.path
+
+
+def test_rotating_the_master_key_under_a_running_gateway(cred_gateway: Gateway, cred_upstream: CredentialUpstream) -> None:
+    env = {**os.environ, "WARDGATE_HOME": str(cred_gateway.home)}
+    done = subprocess.run(
+        [sys.executable, "-m", "wardgate.gateway.cli", "--config", str(cred_gateway.config), "creds",
+         "rotate-master-key", "--retire-old"], capture_output=True, env=env, timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert b"retired 1 old key(s)" in done.stdout
+    path = f"/allowed/{uuid.uuid4()}"
+    response = call(cred_gateway, cred_upstream.url(PORT["bearer"], path))
+    assert response.status_code == 200
+    assert auth_headers(cred_upstream.last(path).headers, "Authorization") == [f"Bearer {TOKEN}"]
 
 
 def test_query_mechanism_replaces_the_parameter(cred_gateway: Gateway, cred_upstream: CredentialUpstream) -> None:
@@ -392,11 +418,17 @@ def test_failed_refresh_is_refused_and_audited(cred_gateway: Gateway, cred_upstr
         "expires_at": 1, "token_endpoint": cred_upstream.url(0, "/oauth/token"),
         "client_id": client_id, "client_secret": client_secret,
     })
-    path = f"/allowed/{uuid.uuid4()}"
-    response = call(cred_gateway, cred_upstream.url(PORT["refreshfail"], path), user="erin")
+    before = cred_upstream.tokens.calls
+    paths = [f"/allowed/{uuid.uuid4()}" for _ in range(3)]
+    with ThreadPoolExecutor(len(paths)) as pool:
+        responses = list(pool.map(lambda p: call(cred_gateway, cred_upstream.url(PORT["refreshfail"], p), user="erin"), paths))
+    # Calls queued behind a failed refresh get its answer instead of each asking the endpoint again.
+    assert cred_upstream.tokens.calls - before == 1
+    assert {r.headers["X-Wardgate-Error"] for r in responses} == {"credential_refresh_failed"}
+    path, response = paths[0], responses[0]
     assert response.status_code == 502 and response.headers["X-Wardgate-Error"] == "credential_refresh_failed"
     assert response.json()["error"]["reasons"] == ["invalid_grant"]
     assert "refresh-revoked" not in response.text and "access-expired" not in response.text
-    assert cred_upstream.count(path) == 0
+    assert all(cred_upstream.count(p) == 0 for p in paths)
     record = cred_gateway.records(response.json()["error"]["audit_id"], wait_for=2)[-1]
     assert (record["kind"], record["error"], record["credential_service"]) == ("refusal", "credential_refresh_failed", "refreshfail")
