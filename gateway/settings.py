@@ -289,7 +289,8 @@ def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
     """``WARDGATE_PROXY__LISTEN__PORT=9000`` → {"proxy": {"listen": {"port": "9000"}}}."""
     tree: dict[str, Any] = {}
     for name, value in environ.items():
-        if not name.startswith(ENV_PREFIX) or name in ENV_LOCATORS:
+        if not name.startswith(ENV_PREFIX) or name in ENV_LOCATORS or name.startswith("WARDGATE_TEST_"):
+            # WARDGATE_TEST_* belongs to the test harness (scripts/postgres.sh), not to the config.
             continue
         path = [part.lower() for part in name[len(ENV_PREFIX):].split("__")]
         node = tree
