@@ -51,6 +51,63 @@ def _fresh(grant: dict[str, Any], skew: float, now: float) -> bool:
     return not isinstance(expires, (int, float)) or expires - skew > now
 
 
+class TokenEndpointError(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+async def token_request(
+    session: aiohttp.ClientSession, ssl_context: ssl.SSLContext, endpoint: str, form: dict[str, str], *,
+    client_id: object, client_secret: object,
+) -> dict[str, Any]:
+    """POST a token request (RFC 6749 §3.2); the answer must carry an access token.
+
+    Confidential clients authenticate with HTTP Basic (client_secret_basic); public clients send
+    their ``client_id`` in the form. Failures raise :class:`TokenEndpointError` with a reason that
+    is safe to show: the endpoint's OAuth error code if it is a plain word, else a fixed string.
+    """
+    auth = None
+    form = dict(form)
+    if client_secret:
+        auth = aiohttp.BasicAuth(str(client_id or ""), str(client_secret))
+    elif client_id:
+        form["client_id"] = str(client_id)
+    try:
+        async with session.post(
+            endpoint, data=form, auth=auth, ssl=ssl_context, allow_redirects=False, headers={"Accept": "application/json"},
+        ) as response:
+            status = response.status
+            body = await response.read()
+    except TimeoutError:
+        raise TokenEndpointError("token_endpoint_timeout") from None
+    except (aiohttp.ClientError, OSError):
+        raise TokenEndpointError("token_endpoint_unreachable") from None
+    try:
+        answer = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        answer = None
+    if status != 200 or not isinstance(answer, dict) or not isinstance(answer.get("access_token"), str):
+        error = answer.get("error") if isinstance(answer, dict) else None
+        # OAuth error codes are fixed ASCII words; anything else is not repeated.
+        raise TokenEndpointError(error if isinstance(error, str) and _ERROR_CODE.match(error) else f"token_endpoint_status_{status}")
+    return answer
+
+
+def grant_from_answer(grant: dict[str, Any], answer: dict[str, Any]) -> dict[str, Any]:
+    """``grant`` updated with a token endpoint's answer (a rotated refresh token replaces the old)."""
+    updated = dict(grant)
+    updated["access_token"] = answer["access_token"]
+    if isinstance(answer.get("refresh_token"), str) and answer["refresh_token"]:
+        updated["refresh_token"] = answer["refresh_token"]
+    expires_in = answer.get("expires_in")
+    if isinstance(expires_in, (int, float)) and expires_in > 0:
+        updated["expires_at"] = time.time() + float(expires_in)
+    else:
+        updated.pop("expires_at", None)
+    return updated
+
+
 class OAuthRefresher:
     def __init__(self, vault: Vault, ssl_context: ssl.SSLContext, timeout: float = 10.0) -> None:
         self._vault = vault
@@ -104,42 +161,14 @@ class OAuthRefresher:
             raise refresh_failed(service, "no_refresh_token")
         if not isinstance(endpoint, str) or not endpoint.startswith("https://"):
             raise refresh_failed(service, "token_endpoint_not_https")
-        form = {"grant_type": "refresh_token", "refresh_token": refresh_token}
-        auth = None
-        if grant.get("client_secret"):
-            auth = aiohttp.BasicAuth(str(grant.get("client_id", "")), str(grant["client_secret"]))
-        elif grant.get("client_id"):
-            form["client_id"] = str(grant["client_id"])
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=self._timeout)
         self.refreshes += 1
         try:
-            async with self._session.post(
-                endpoint, data=form, auth=auth, ssl=self._ssl, allow_redirects=False,
-                headers={"Accept": "application/json"},
-            ) as response:
-                status = response.status
-                body = await response.read()
-        except TimeoutError:
-            raise refresh_failed(service, "token_endpoint_timeout") from None
-        except (aiohttp.ClientError, OSError):
-            raise refresh_failed(service, "token_endpoint_unreachable") from None
-        try:
-            answer = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            answer = None
-        if status != 200 or not isinstance(answer, dict) or not isinstance(answer.get("access_token"), str):
-            error = answer.get("error") if isinstance(answer, dict) else None
-            # OAuth error codes are fixed ASCII words; anything else is not repeated.
-            reason = error if isinstance(error, str) and _ERROR_CODE.match(error) else f"token_endpoint_status_{status}"
-            raise refresh_failed(service, reason)
-        updated = dict(grant)
-        updated["access_token"] = answer["access_token"]
-        if isinstance(answer.get("refresh_token"), str) and answer["refresh_token"]:
-            updated["refresh_token"] = answer["refresh_token"]  # rotated: the old one is now spent
-        expires_in = answer.get("expires_in")
-        if isinstance(expires_in, (int, float)) and expires_in > 0:
-            updated["expires_at"] = time.time() + float(expires_in)
-        else:
-            updated.pop("expires_at", None)
-        return updated
+            answer = await token_request(
+                self._session, self._ssl, endpoint, {"grant_type": "refresh_token", "refresh_token": refresh_token},
+                client_id=grant.get("client_id"), client_secret=grant.get("client_secret"),
+            )
+        except TokenEndpointError as error:
+            raise refresh_failed(service, error.reason) from None
+        return grant_from_answer(grant, answer)

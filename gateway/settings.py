@@ -132,6 +132,26 @@ _HOST_PATTERN = re.compile(r"^(\*\.)?[a-z0-9]([a-z0-9.-]*[a-z0-9])?$")
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
 
 
+class OAuthClientSettings(_Section):
+    """An authorization server for ``wardgate creds connect`` (authorization code + PKCE)."""
+
+    authorization_endpoint: str
+    token_endpoint: str
+    client_id: str
+    client_secret: SecretStr | None = None  # public clients rely on PKCE alone
+    scopes: list[str] = []
+    # Where the authorization server sends the user back; default: the admin API's /oauth/callback
+    # at the address the CLI reached it on.
+    redirect_uri: str | None = None
+
+    @field_validator("authorization_endpoint", "token_endpoint")
+    @classmethod
+    def _https(cls, value: str) -> str:
+        if not value.startswith("https://"):
+            raise ValueError("OAuth endpoints must be https:// URLs")
+        return value
+
+
 class ServiceSettings(_Section):
     """One ``[services.NAME]`` table: where a credential may go and how it is applied.
 
@@ -165,6 +185,7 @@ class ServiceSettings(_Section):
     assertion_ttl: float = Field(default=60.0, gt=0, le=900)
     # OAuth grants are refreshed this long before they expire.
     refresh_skew: float = Field(default=60.0, ge=0)
+    oauth: OAuthClientSettings | None = None
 
     @field_validator("hosts")
     @classmethod

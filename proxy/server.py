@@ -16,7 +16,7 @@ from aiohttp import web
 from mitmproxy import master, options
 from mitmproxy.addons import core, errorcheck, next_layer, proxyserver, tlsconfig
 
-from wardgate.gateway import admin, admin_token
+from wardgate.gateway import admin, admin_token, oauth_connect
 from wardgate.gateway.agents import AgentDirectory, AgentRegistry
 from wardgate.gateway.audit import AuditWriter
 from wardgate.gateway.echo import build_echo_app
@@ -118,8 +118,13 @@ async def serve(settings: Settings, on_ready: Callable[[Listeners], None]) -> No
                 return False
             return True
 
+        credentials = await stack.enter_async_context(
+            build_credentials(settings, keys, audit, settings.audit.commit_timeout)
+        )
+        admin_app = admin.build_app(admin.AdminState(settings, keys, registry, audit, token, ready))
+        oauth_connect.add_routes(admin_app, credentials.connector)
         admin_runner, admin_addr = await _start_site(
-            admin.build_app(admin.AdminState(settings, keys, registry, audit, token, ready)),
+            admin_app,
             settings.admin.listen.host,
             settings.admin.listen.port,
         )
@@ -134,11 +139,10 @@ async def serve(settings: Settings, on_ready: Callable[[Listeners], None]) -> No
         verifier = TokenVerifier(keys, settings.identity, directory)
         timeout = settings.audit.commit_timeout
         protocol_errors.install()
-        binding, injector, scrubber = await stack.enter_async_context(build_credentials(settings, keys, audit, timeout))
         proxy_master = build_master(
             settings,
-            [ProxyAuth(verifier, audit, timeout), binding, EgressPolicy(policy, audit, timeout), injector, scrubber,
-             AuditTrail(audit)],
+            [ProxyAuth(verifier, audit, timeout), credentials.binding, EgressPolicy(policy, audit, timeout),
+             credentials.injector, credentials.scrubber, AuditTrail(audit)],
         )
         refresher = asyncio.create_task(directory.run(), name="agent-directory")
         stack.callback(refresher.cancel)

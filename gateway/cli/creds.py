@@ -152,3 +152,61 @@ def rotate_master_key(cli: CliContext, retire_old: bool) -> None:
             click.echo(f"retired {len(active.keys) - len(kept)} old key(s)")
     finally:
         vault.close()
+
+
+def _admin_call(base: str, token: str, method: str, path: str, body: dict[str, str] | None = None) -> dict[str, object]:
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(
+        f"{base}{path}", method=method, data=json.dumps(body).encode() if body is not None else None,
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        try:
+            detail = json.loads(error.read())["error"]
+            raise BadRequest(detail["message"], code=detail["code"]) from None
+        except (ValueError, KeyError, TypeError):
+            raise BadRequest(f"admin API answered {error.code}", code="admin_api_error") from None
+    except (urllib.error.URLError, OSError):
+        raise ConfigError(f"the gateway's admin API at {base} is not reachable; is `wardgate up` running?",
+                          code="gateway_not_running") from None
+
+
+@creds.command("connect")
+@click.option("--tenant", required=True)
+@click.option("--user", required=True)
+@click.option("--service", required=True)
+@click.option("--timeout", default=300, show_default=True, help="Seconds to wait for the user to approve.")
+@pass_cli
+def connect(cli: CliContext, tenant: str, user: str, service: str, timeout: int) -> None:
+    """Connect USER's account at SERVICE through OAuth (authorization code + PKCE).
+
+    Needs a running gateway (its admin API serves the redirect back) and a service with an
+    [services.NAME.oauth] section. Prints the URL to open, then waits for the approval.
+    """
+    import time
+
+    settings = cli.settings()
+    listeners = settings.run_dir / "listeners.json"
+    if not listeners.exists():
+        raise ConfigError("no running gateway found; start it with `wardgate up`", code="gateway_not_running")
+    base = f"http://{json.loads(listeners.read_text())['admin']}"
+    token = settings.admin_token.get_secret_value() if settings.admin_token else (settings.home / "admin.token").read_text().strip()
+    started = _admin_call(base, token, "POST", "/v1/oauth/connect", {"tenant": tenant, "user": user, "service": service})
+    click.echo("Open this URL to approve access:")
+    click.echo(str(started["authorization_url"]), nl=True)
+    sys.stdout.flush()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = _admin_call(base, token, "GET", f"/v1/oauth/connect/{started['state']}")
+        if state["status"] == "connected":
+            click.echo(f"connected {service} for {tenant}/{user}")
+            return
+        if state["status"] == "failed":
+            raise BadRequest(f"connecting {service} failed: {state['reason']}", code="oauth_connect_failed")
+        time.sleep(0.5)
+    raise BadRequest("timed out waiting for the approval", code="oauth_connect_timeout")

@@ -5,7 +5,9 @@ redirects) and an OAuth token endpoint that rotates refresh tokens."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import gzip
+import hashlib
 import json
 import ssl
 import threading
@@ -27,6 +29,8 @@ class TokenEndpoint:
     counter: int = 0
     delay: float = 0.3
     client: tuple[str, str] = ("wardgate-client", "client-secret-value")
+    # Authorization codes issued by /oauth/authorize: code -> (S256 challenge, redirect_uri).
+    codes: dict[str, tuple[str, str]] = field(default_factory=dict)
 
 
 class CredentialUpstream:
@@ -89,11 +93,21 @@ class CredentialUpstream:
         tokens.calls += 1
         form = await request.post()
         await asyncio.sleep(tokens.delay)  # wide enough for concurrent calls to pile up
-        import base64
 
         expected = "Basic " + base64.b64encode(f"{tokens.client[0]}:{tokens.client[1]}".encode()).decode()
         if request.headers.get("Authorization") != expected:
             return web.json_response({"error": "invalid_client"}, status=401)
+        if form.get("grant_type") == "authorization_code":
+            issued = tokens.codes.pop(str(form.get("code")), None)
+            verifier = str(form.get("code_verifier", ""))
+            challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+            if issued is None or issued != (challenge, form.get("redirect_uri")):
+                return web.json_response({"error": "invalid_grant"}, status=400)
+            tokens.counter += 1
+            refresh = f"refresh-code-{tokens.counter}-0123456789"
+            tokens.valid_refresh.add(refresh)
+            return web.json_response({"access_token": f"access-code-{tokens.counter}-abcdefghij",
+                                      "refresh_token": refresh, "expires_in": 3600, "token_type": "Bearer"})
         refresh = form.get("refresh_token")
         if form.get("grant_type") != "refresh_token" or refresh not in tokens.valid_refresh:
             return web.json_response({"error": "invalid_grant", "error_description": f"bad {refresh}"}, status=400)
@@ -104,6 +118,17 @@ class CredentialUpstream:
         return web.json_response({"access_token": f"access-fresh-{tokens.counter}-abcdefghij",
                                   "refresh_token": new_refresh, "expires_in": 3600, "token_type": "Bearer"})
 
+    async def _authorize(self, request: web.Request) -> web.Response:
+        """Approves at once (the test plays the user) and sends the browser back with a code."""
+        query = request.query
+        if query.get("code_challenge_method") != "S256" or query.get("client_id") != self.tokens.client[0]:
+            return web.Response(status=400, text="PKCE S256 and a known client are required")
+        code = f"code-{len(self.tokens.codes)}-{id(query)}"
+        self.tokens.codes[code] = (query["code_challenge"], query["redirect_uri"])
+        separator = "&" if "?" in query["redirect_uri"] else "?"
+        return web.Response(status=302, headers={
+            "Location": f"{query['redirect_uri']}{separator}code={code}&state={query['state']}"})
+
     def start(self) -> None:
         ready = threading.Event()
 
@@ -112,6 +137,7 @@ class CredentialUpstream:
             self._loop = loop
             app = web.Application()
             app.router.add_post("/oauth/token", self._token)
+            app.router.add_get("/oauth/authorize", self._authorize)
             app.router.add_route("*", "/{tail:.*}", self._echo)
             runner = web.AppRunner(app, access_log=None)
             loop.run_until_complete(runner.setup())

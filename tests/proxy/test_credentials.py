@@ -33,7 +33,7 @@ QUERY_KEY = "qk_0123456789abcdefghij"
 HOLDER = "hold_0123456789abcdefghij"
 
 SERVICES = ["bearer", "basic", "query", "holder", "internal", "oauth", "sensitive", "missing", "tampered", "forbidden",
-            "refreshfail"]
+            "refreshfail", "connected"]
 PORT = {name: index for index, name in enumerate(SERVICES)}
 UNBOUND = len(SERVICES)  # one more TLS port on localhost that no service lists
 
@@ -63,6 +63,12 @@ def services_toml(up: CredentialUpstream, untrusted_port: int) -> str:
         section("forbidden", ""),
         section("refreshfail", ""),
         section("untrusted", "", untrusted_port),
+        section("connected", "") + (
+            "[services.connected.oauth]\n"
+            f'authorization_endpoint = "{up.url(0, "/oauth/authorize")}"\n'
+            f'token_endpoint = "{up.url(0, "/oauth/token")}"\n'
+            f'client_id = "{up.tokens.client[0]}"\nclient_secret = "{up.tokens.client[1]}"\nscopes = ["repo", "read"]\n'
+        ),
     ])
 
 
@@ -432,3 +438,43 @@ def test_failed_refresh_is_refused_and_audited(cred_gateway: Gateway, cred_upstr
     assert all(cred_upstream.count(p) == 0 for p in paths)
     record = cred_gateway.records(response.json()["error"]["audit_id"], wait_for=2)[-1]
     assert (record["kind"], record["error"], record["credential_service"]) == ("refusal", "credential_refresh_failed", "refreshfail")
+
+
+def test_creds_connect_runs_the_authorization_code_flow_with_pkce(
+    cred_gateway: Gateway, cred_upstream: CredentialUpstream, upstream_ca_file: Path
+) -> None:
+    env = {**os.environ, "WARDGATE_HOME": str(cred_gateway.home)}
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "wardgate.gateway.cli", "--config", str(cred_gateway.config), "creds", "connect",
+         "--tenant", "acme", "--user", "frank", "--service", "connected", "--timeout", "60"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+    )
+    try:
+        assert cli.stdout is not None
+        assert b"Open this URL" in cli.stdout.readline()
+        url = cli.stdout.readline().decode().strip()
+        assert "code_challenge_method=S256" in url and "code_verifier" not in url and "scope=repo+read" in url
+        # The "user" approves: the authorization server redirects to the gateway's admin callback.
+        page = requests.get(url, verify=str(upstream_ca_file), timeout=20)
+        assert page.status_code == 200 and "connected" in page.text
+        out, err = cli.communicate(timeout=60)
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+    assert cli.returncode == 0, err
+    assert b"connected connected for acme/frank" in out
+    # The state was single-use: replaying the callback is refused.
+    replay = requests.get(page.url, timeout=10)
+    assert replay.status_code == 400
+    grant = _grant(cred_gateway, "frank", "connected")
+    assert grant["access_token"].startswith("access-code-") and grant["refresh_token"].startswith("refresh-code-")
+    path = f"/allowed/{uuid.uuid4()}"
+    assert call(cred_gateway, cred_upstream.url(PORT["connected"], path), user="frank").status_code == 200
+    assert auth_headers(cred_upstream.last(path).headers, "Authorization") == [f"Bearer {grant['access_token']}"]
+
+
+def test_connect_callback_with_an_unknown_state_is_refused(cred_gateway: Gateway) -> None:
+    response = requests.get(f"{cred_gateway.admin}/oauth/callback?state=forged&code=x", timeout=10)
+    assert response.status_code == 400 and response.headers["X-Wardgate-Error"] == "oauth_state_invalid"
+    unauthenticated = requests.post(f"{cred_gateway.admin}/v1/oauth/connect", json={}, timeout=10)
+    assert unauthenticated.status_code == 401
