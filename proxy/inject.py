@@ -35,13 +35,19 @@ BINDING = "wardgate.binding"
 INJECTED = "wardgate.injected"
 
 
-def _request_markers(request: http.Request) -> set[str]:
+def _decoded(text: str) -> str:
+    return text.replace("%3A", ":").replace("%3a", ":")
+
+
+def _request_markers(request: http.Request) -> tuple[set[str], bool]:
+    """Markers in header and query values, and whether one sits in the path itself (never filled in)."""
     found: set[str] = set()
     for _, value in request.headers.items(multi=True):
         found |= markers_in(value)
-    _, _, query = request.path.partition("?")
-    found |= markers_in(query.replace("%3A", ":").replace("%3a", ":"))
-    return found
+    path, _, query = request.path.partition("?")
+    found |= markers_in(_decoded(query))
+    in_path = markers_in(_decoded(path))
+    return found | in_path, bool(in_path)
 
 
 def _host_header(request: http.Request) -> str | None:
@@ -72,9 +78,9 @@ class CredentialBinding:
             await refuse(flow, error, self._audit, self._audit_timeout)
             return
         binding = self._bindings.resolve(request.scheme, destination, request.port)
-        markers = _request_markers(request)
+        markers, in_path = _request_markers(request)
         stray = markers - ({binding.name} if binding else set())
-        if stray:
+        if stray or in_path:
             error = BadRequest(
                 "a credential placeholder was sent to a destination not bound to its service",
                 code="credential_placeholder_misplaced",
