@@ -16,10 +16,13 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from . import admin_token
-from .agents import AgentRegistry
+from . import keys as keys_module
+from .agents import AgentDirectory, AgentRegistry
 from .audit import AuditQuery, AuditWriter, query_records
 from .errors import AdminAuthError, BadRequest, NotFound, WardgateError, to_response
 from .keys import KeyRing
+from .revocations import RevocationView
+from .revoker import Revoker
 from .settings import Settings, parse_duration
 
 
@@ -31,6 +34,9 @@ class AdminState:
     audit: AuditWriter
     token: str
     ready: Callable[[], Awaitable[bool]]
+    revoker: Revoker | None = None
+    revocations: RevocationView | None = None
+    directory: AgentDirectory | None = None
 
 
 STATE = web.AppKey("state", AdminState)
@@ -75,7 +81,11 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def jwks(request: web.Request) -> web.Response:
-    return web.json_response(request.app[STATE].keys.jwks(), headers={"Cache-Control": "max-age=60"})
+    state = request.app[STATE]
+    published = state.keys.jwks()
+    if state.revocations is not None:
+        published["keys"] = [k for k in published["keys"] if k["kid"] not in state.revocations.keys]
+    return web.json_response(published, headers={"Cache-Control": "max-age=60"})
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -112,6 +122,78 @@ async def create_agent(request: web.Request) -> web.Response:
 async def get_agent(request: web.Request) -> web.Response:
     agent = await asyncio.to_thread(request.app[STATE].registry.get, request.match_info["name"])
     return web.json_response(agent.as_dict())
+
+
+async def _json_object(request: web.Request) -> dict[str, object]:
+    try:
+        body = await request.json() if request.can_read_body else {}
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise BadRequest("body must be JSON") from None
+    if not isinstance(body, dict):
+        raise BadRequest("body must be a JSON object")
+    return body
+
+
+def _text(body: dict[str, object], name: str, default: str = "") -> str:
+    value = body.get(name, default)
+    if not isinstance(value, str):
+        raise BadRequest(f"{name} must be a string")
+    return value
+
+
+def _revoker(state: AdminState) -> Revoker:
+    if state.revoker is None:
+        raise NotFound("revocation is not configured on this listener", code="revocation_not_configured")
+    return state.revoker
+
+
+async def create_revocation(request: web.Request) -> web.Response:
+    """POST /v1/revocations {kind: token|run|agent|key, subject, reason?, actor?}."""
+    state = request.app[STATE]
+    body = await _json_object(request)
+    kind, subject = _text(body, "kind"), _text(body, "subject")
+    actor = _text(body, "actor", "admin-api")
+    if kind == "agent":
+        await asyncio.to_thread(state.registry.get, subject)  # 404 for an unknown agent
+    if kind == "key":
+        await asyncio.to_thread(keys_module.retire, state.settings.keys_dir, subject)
+    revocation = await _revoker(state).revoke(kind, subject, actor=actor, reason=_text(body, "reason"))  # type: ignore[arg-type]
+    return web.json_response(revocation.as_dict(), status=201)
+
+
+async def list_revocations(request: web.Request) -> web.Response:
+    view = request.app[STATE].revocations
+    if view is None:
+        raise NotFound("revocation is not configured on this listener", code="revocation_not_configured")
+    return web.json_response({
+        "revision": view.revision,
+        "staleness_seconds": view.staleness,
+        "tokens": sorted(view.tokens),
+        "runs": sorted(view.runs),
+        "keys": sorted(view.keys),
+        "agents": view.agents,
+    })
+
+
+async def set_agent_status(request: web.Request) -> web.Response:
+    """POST /v1/agents/{name}/disable|enable {reason?, actor?}: refuses (or again accepts) all its tokens."""
+    state = request.app[STATE]
+    body = await _json_object(request)
+    action = request.match_info["action"]
+    status = "disabled" if action == "disable" else "active"
+    agent = await asyncio.to_thread(state.registry.set_status, request.match_info["name"], status)
+    if state.directory is not None:
+        await state.directory.refresh()  # immediate on this replica, not at the next reload
+    await _revoker(state).record(action.upper(), "agent", agent.name, actor=_text(body, "actor", "admin-api"),
+                                 reason=_text(body, "reason"))
+    return web.json_response(agent.as_dict())
+
+
+async def rotate_keys(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    kid = await asyncio.to_thread(keys_module.rotate, state.settings.keys_dir)
+    await asyncio.to_thread(state.keys.reload)
+    return web.json_response({"kid": kid}, status=201)
 
 
 async def audit_records(request: web.Request) -> web.Response:
@@ -160,6 +242,23 @@ OPENAPI = {
                                       "responses": {"200": {"description": "agent"},
                                                     "404": {"description": "unknown"}}}},
         "/v1/audit/records": {"get": {"security": [{"admin": []}], "responses": {"200": {"description": "records"}}}},
+        "/v1/revocations": {
+            "get": {"security": [{"admin": []}], "summary": "This replica's revocation view",
+                    "responses": {"200": {"description": "revocations"}}},
+            "post": {"security": [{"admin": []}],
+                     "summary": "Revoke a token (jti), a run, an agent's tokens issued so far, or a signing key",
+                     "requestBody": {"content": {"application/json": {"schema": {
+                         "type": "object", "required": ["kind", "subject"],
+                         "properties": {"kind": {"enum": ["token", "run", "agent", "key"]},
+                                        "subject": {"type": "string"}, "reason": {"type": "string"},
+                                        "actor": {"type": "string"}}}}}},
+                     "responses": {"201": {"description": "revoked"}, "400": {"description": "invalid"},
+                                   "404": {"description": "unknown agent or key"},
+                                   "409": {"description": "the active signing key"}}},
+        },
+        "/v1/agents/{name}/disable": {"post": {"security": [{"admin": []}], "responses": {"200": {"description": "agent"}}}},
+        "/v1/agents/{name}/enable": {"post": {"security": [{"admin": []}], "responses": {"200": {"description": "agent"}}}},
+        "/v1/keys/rotate": {"post": {"security": [{"admin": []}], "responses": {"201": {"description": "new signing kid"}}}},
     },
 }
 
@@ -180,4 +279,8 @@ def build_app(state: AdminState) -> web.Application:
     app.router.add_post("/v1/agents", create_agent)
     app.router.add_get("/v1/agents/{name}", get_agent)
     app.router.add_get("/v1/audit/records", audit_records)
+    app.router.add_post("/v1/revocations", create_revocation)
+    app.router.add_get("/v1/revocations", list_revocations)
+    app.router.add_post(r"/v1/agents/{name}/{action:disable|enable}", set_agent_status)
+    app.router.add_post("/v1/keys/rotate", rotate_keys)
     return app

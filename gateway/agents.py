@@ -128,8 +128,8 @@ class AgentRegistry:
 class AgentDirectory:
     """The gateway's in-memory view of the registry, so the hot path never touches the disk.
 
-    Reloaded every ``interval`` seconds, and at once (rate-limited) when a token names an
-    agent the snapshot does not know yet, so an agent created a moment ago works immediately.
+    Reloaded every ``interval`` seconds, and at once when a validly signed token names an agent
+    the snapshot does not know yet, so an agent created a moment ago works immediately.
     """
 
     def __init__(self, registry: AgentRegistry, interval: float = 1.0) -> None:
@@ -144,14 +144,26 @@ class AgentDirectory:
 
     async def refresh(self) -> None:
         async with self._lock:
-            agents = await asyncio.to_thread(self._registry.list)
-            self._agents = {agent.name: agent for agent in agents}
-            self._loaded_at = time.monotonic()
+            await self._reload()
+
+    async def _reload(self) -> None:
+        started = time.monotonic()
+        agents = await asyncio.to_thread(self._registry.list)
+        self._agents = {agent.name: agent for agent in agents}
+        self._loaded_at = started
 
     async def lookup(self, name: str) -> Agent | None:
+        """The agent, reloading once on a miss (only validly signed tokens get this far).
+
+        Concurrent misses share one reload: a caller that waited for the lock while another
+        reload ran uses that result instead of reading the database again.
+        """
         agent = self._agents.get(name)
-        if agent is None and time.monotonic() - self._loaded_at > 0.2:
-            await self.refresh()
+        if agent is None:
+            missed_at = time.monotonic()
+            async with self._lock:
+                if self._loaded_at < missed_at:
+                    await self._reload()
             agent = self._agents.get(name)
         return agent
 

@@ -4,7 +4,8 @@ Every call gets a ``call_id`` (returned to the agent as ``X-Wardgate-Audit-Id``)
 
 - ``intent``   an allowed call, committed *before* anything is forwarded (no record, no forwarding);
 - ``outcome``  what happened after forwarding: status, bytes, latencies, error;
-- ``refusal``  a call that ended at the gateway: unauthenticated, denied, or a dependency down.
+- ``refusal``  a call that ended at the gateway: unauthenticated, denied, or a dependency down;
+- ``admin``    an operator action on identity: a revocation, an agent disabled (see revoker.py).
 
 Writes go through one writer thread that commits whatever is queued in one transaction (group
 commit), so durability costs one commit per batch rather than per call. Each writer process keeps
@@ -33,7 +34,7 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit_records (
     id TEXT PRIMARY KEY,
     call_id TEXT NOT NULL,
-    kind TEXT NOT NULL CHECK (kind IN ('intent', 'outcome', 'refusal')),
+    kind TEXT NOT NULL CHECK (kind IN ('intent', 'outcome', 'refusal', 'admin')),
     time REAL NOT NULL,
     tenant TEXT, agent TEXT, user TEXT, token_id TEXT, run TEXT, step TEXT,
     method TEXT, scheme TEXT, host TEXT, port INTEGER, path TEXT,
@@ -54,7 +55,7 @@ CREATE INDEX IF NOT EXISTS audit_time ON audit_records (time);
 CREATE INDEX IF NOT EXISTS audit_agent ON audit_records (agent, time);
 """
 
-Kind = Literal["intent", "outcome", "refusal"]
+Kind = Literal["intent", "outcome", "refusal", "admin"]
 GENESIS = "0" * 64
 
 

@@ -11,6 +11,7 @@ key material (``jwk``, ``jku``, ``x5u``, ``x5c``) is refused outright.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import time
@@ -22,6 +23,7 @@ import jwt
 from .agents import AgentDirectory
 from .errors import IdentityError
 from .keys import KeyRing, algorithm_for
+from .revocations import RevocationView
 from .settings import IdentitySettings
 
 TOKEN_TYPE = "at+jwt"
@@ -43,6 +45,7 @@ class Principal:
     issued_at: float
     expires_at: float
     run: str | None = None
+    key_id: str | None = None
 
     def as_policy_identity(self) -> dict[str, object]:
         return {
@@ -108,15 +111,42 @@ def _invalid(message: str, code: str = "identity_invalid") -> IdentityError:
 class TokenVerifier:
     """Token → :class:`Principal`, or :class:`IdentityError` with a stable code."""
 
-    def __init__(self, keys: KeyRing, settings: IdentitySettings, agents: AgentDirectory) -> None:
+    # A token naming a kid we do not hold re-reads the key folder at most this often
+    # (a `keys rotate` by another process), so junk kids cannot turn into disk reads.
+    KEY_RELOAD_INTERVAL = 1.0
+
+    def __init__(
+        self,
+        keys: KeyRing,
+        settings: IdentitySettings,
+        agents: AgentDirectory,
+        revocations: RevocationView | None = None,
+    ) -> None:
         self._keys = keys
         self._settings = settings
         self._agents = agents
+        self._revocations = revocations
+        self._keys_loaded_at = time.monotonic()
 
     async def verify(self, token: str) -> Principal:
-        principal = self.verify_signature(token)
+        try:
+            principal = self.verify_signature(token)
+        except IdentityError as error:
+            if error.code != "identity_unknown_key" or not await self._reload_keys():
+                raise
+            principal = self.verify_signature(token)
         await self.check_live(principal)
         return principal
+
+    async def _reload_keys(self) -> bool:
+        if self._keys.folder is None or time.monotonic() - self._keys_loaded_at < self.KEY_RELOAD_INTERVAL:
+            return False
+        self._keys_loaded_at = time.monotonic()
+        try:
+            await asyncio.to_thread(self._keys.reload)
+        except Exception:  # noqa: BLE001 - keep the ring we have; the token stays refused
+            return False
+        return True
 
     def verify_signature(self, token: str, now: float | None = None) -> Principal:
         settings = self._settings
@@ -150,11 +180,23 @@ class TokenVerifier:
             )
         except jwt.ExpiredSignatureError:
             raise _invalid("token has expired", "identity_expired") from None
+        except jwt.InvalidAudienceError:
+            raise _invalid("token is meant for another audience", "identity_wrong_audience") from None
+        except jwt.InvalidIssuerError:
+            raise _invalid("token comes from an untrusted issuer", "identity_wrong_issuer") from None
+        except jwt.ImmatureSignatureError:
+            raise _invalid("token is not valid yet", "identity_not_yet_valid") from None
+        except jwt.MissingRequiredClaimError:
+            raise _invalid("token lacks a required claim", "identity_claims_invalid") from None
+        except jwt.InvalidSignatureError:
+            raise _invalid("token signature is invalid") from None
+        except jwt.DecodeError:
+            raise _invalid("token is not a well-formed JWT", "identity_malformed") from None
         except jwt.PyJWTError:
             raise _invalid("token signature or claims are invalid") from None
-        return self._principal(claims, time.time() if now is None else now)
+        return self._principal(claims, header["kid"])
 
-    def _principal(self, claims: dict[str, object], now: float) -> Principal:
+    def _principal(self, claims: dict[str, object], kid: str) -> Principal:
         settings = self._settings
         act = claims.get("act")
         agent = act.get("sub") if isinstance(act, dict) else None
@@ -182,13 +224,16 @@ class TokenVerifier:
             issued_at=float(issued),
             expires_at=float(expires),
             run=run,
+            key_id=kid,
         )
 
     async def check_live(self, principal: Principal, now: float | None = None) -> None:
-        """Re-checked on every request: expiry and the agent's standing in the registry."""
+        """Re-checked on every request: expiry, revocation and the agent's standing in the registry."""
         now = time.time() if now is None else now
         if now > principal.expires_at + self._settings.leeway:
             raise _invalid("token has expired", "identity_expired")
+        if self._revocations is not None:
+            self._revocations.check(principal)
         agent = await self._agents.lookup(principal.agent)
         if agent is None:
             raise _invalid("token names an agent that is not registered", "identity_unknown_agent")

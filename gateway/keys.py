@@ -11,13 +11,16 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from .errors import ConfigError
+from .errors import ConfigError, Conflict, NotFound
+
+_KID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 PublicKey = ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey
 PrivateKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey
@@ -66,9 +69,16 @@ class SigningKey:
 class KeyRing:
     """The keys in one folder. Read with :meth:`load`; the first start creates one."""
 
-    def __init__(self, signing: SigningKey, public: dict[str, PublicKey]) -> None:
+    def __init__(self, signing: SigningKey, public: dict[str, PublicKey], folder: Path | None = None) -> None:
         self.signing = signing
         self.public = public
+        self.folder = folder
+
+    def reload(self) -> None:
+        """Re-read the folder in place (after ``keys rotate`` or ``keys revoke`` by another process)."""
+        assert self.folder is not None, "only a KeyRing.load()ed ring can reload"
+        fresh = KeyRing.load(self.folder, create=False)
+        self.signing, self.public = fresh.signing, fresh.public
 
     @classmethod
     def load(cls, folder: Path, *, create: bool = True) -> "KeyRing":
@@ -94,13 +104,38 @@ class KeyRing:
         if kid not in private:
             raise ConfigError(f"active key {kid!r} has no file in {folder}")
         public = {name: key.public_key() for name, key in private.items()}
-        return cls(SigningKey(kid, private[kid]), public)
+        return cls(SigningKey(kid, private[kid]), public, folder)
 
     def jwks(self) -> dict[str, list[dict[str, str]]]:
         keys = []
         for kid, key in sorted(self.public.items()):
             keys.append({**public_jwk(key), "kid": kid, "alg": algorithm_for(key), "use": "sig"})
         return {"keys": keys}
+
+
+def rotate(folder: Path) -> str:
+    """Create a new key and make it the signer; older keys keep verifying until revoked."""
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with open(folder / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        kid = _write_new_key(folder)
+        temp = folder / "active.tmp"
+        temp.write_text(kid + "\n")
+        os.replace(temp, folder / "active")
+    return kid
+
+
+def retire(folder: Path, kid: str) -> None:
+    """Move a revoked key out of the ring (into ``revoked/``) so it no longer verifies or publishes."""
+    with open(folder / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (folder / "active").read_text().strip() == kid:
+            raise Conflict("the active signing key cannot be revoked; run `wardgate keys rotate` first", code="key_active")
+        source = folder / f"{kid}.pem"
+        if not _KID.match(kid) or not source.exists():
+            raise NotFound(f"no key {kid!r} in the key ring", code="key_not_found")
+        (folder / "revoked").mkdir(exist_ok=True, mode=0o700)
+        os.replace(source, folder / "revoked" / f"{kid}.pem")
 
 
 def _write_new_key(folder: Path) -> str:

@@ -25,6 +25,8 @@ from .errors import ConfigError
 ENV_PREFIX = "WARDGATE_"
 # Variables that select where configuration lives rather than being part of it.
 ENV_LOCATORS = {"WARDGATE_HOME", "WARDGATE_CONFIG"}
+# Reserved for the test harness (e.g. WARDGATE_TEST_PG_DSN set by scripts/postgres.sh).
+ENV_RESERVED_PREFIX = "WARDGATE_TEST_"
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -68,7 +70,27 @@ class ProxySettings(_Section):
     listen: Listener = Listener(port=8080)
     # Upstream TLS is always verified; this adds a CA bundle to trust (tests, internal PKI).
     upstream_ca_file: Path | None = None
-    connect_timeout: float = 10.0
+
+
+class EgressSettings(_Section):
+    # Internal ranges (CIDR) the proxy may reach although they are loopback/private/etc.
+    # Cloud-metadata addresses stay refused whatever is listed here.
+    unsafe_allow_ranges: list[str] = []
+    resolve_timeout: float = 5.0
+
+    @field_validator("unsafe_allow_ranges")
+    @classmethod
+    def _cidrs(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        for item in value:
+            ipaddress.ip_network(item, strict=False)
+        return value
+
+    @field_validator("resolve_timeout", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> float:
+        return parse_duration(value)
 
 
 class AdminSettings(_Section):
@@ -111,6 +133,26 @@ class AuditSettings(_Section):
     commit_timeout: float = 2.0
 
     @field_validator("commit_timeout", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> float:
+        return parse_duration(value)
+
+
+class StateSettings(_Section):
+    # Where shared state lives. Empty: the SQLite files under `home` (one machine).
+    # "postgresql://user@host/db": revocations are shared by every replica on that database.
+    url: SecretStr | None = None
+
+
+class RevocationSettings(_Section):
+    # The view is refreshed at least this often (PostgreSQL NOTIFY wakes it sooner).
+    poll_interval: float = Field(default=0.25, gt=0, le=60)
+    # Longer than this without a successful refresh: refuse calls (503 revocation_unavailable).
+    max_staleness: float = Field(default=3.0, gt=0, le=300)
+    # Bound on each call into the revocation store.
+    timeout: float = Field(default=1.0, gt=0, le=30)
+
+    @field_validator("poll_interval", "max_staleness", "timeout", mode="before")
     @classmethod
     def _duration(cls, value: Any) -> float:
         return parse_duration(value)
@@ -238,11 +280,14 @@ class Settings(_Section):
     version: Literal[1] = 1
     home: Path = Path(".wardgate")
     proxy: ProxySettings = ProxySettings()
+    egress: EgressSettings = EgressSettings()
     admin: AdminSettings = AdminSettings()
     opa: OpaSettings = OpaSettings()
     identity: IdentitySettings = IdentitySettings()
     audit: AuditSettings = AuditSettings()
     demo: DemoSettings = DemoSettings()
+    state: StateSettings = StateSettings()
+    revocation: RevocationSettings = RevocationSettings()
     services: dict[str, ServiceSettings] = {}
     vault: VaultSettings = VaultSettings()
     admin_token: SecretStr | None = None
@@ -310,8 +355,7 @@ def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
     """``WARDGATE_PROXY__LISTEN__PORT=9000`` → {"proxy": {"listen": {"port": "9000"}}}."""
     tree: dict[str, Any] = {}
     for name, value in environ.items():
-        if not name.startswith(ENV_PREFIX) or name in ENV_LOCATORS or name.startswith("WARDGATE_TEST_"):
-            # WARDGATE_TEST_* belongs to the test harness (scripts/postgres.sh), not to the config.
+        if not name.startswith(ENV_PREFIX) or name in ENV_LOCATORS or name.startswith(ENV_RESERVED_PREFIX):
             continue
         path = [part.lower() for part in name[len(ENV_PREFIX):].split("__")]
         node = tree

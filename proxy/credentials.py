@@ -18,7 +18,7 @@ from wardgate.gateway.settings import Settings
 from wardgate.gateway.vault import KeySource, Vault
 
 from .inject import CredentialBinding, CredentialInjector
-from .scrub import ResponseScrubber
+from .scrub import ResponseScrubber, StreamScrubber
 
 
 def upstream_ssl_context(settings: Settings) -> ssl.SSLContext:
@@ -34,6 +34,7 @@ class CredentialParts:
     binding: CredentialBinding  # before EgressPolicy
     injector: CredentialInjector  # after EgressPolicy
     scrubber: ResponseScrubber  # before AuditTrail
+    stream_scrubber: StreamScrubber  # last: after EventStreams has asked for streaming
     connector: OAuthConnector  # routes on the admin API
 
 
@@ -52,6 +53,7 @@ async def build_credentials(
             CredentialBinding(Bindings(settings.services), audit, audit_timeout),
             CredentialInjector(provider, audit, audit_timeout),
             ResponseScrubber(audit, audit_timeout),
+            StreamScrubber(),
             OAuthConnector(settings, vault, trust),
         )
     finally:

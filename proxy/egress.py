@@ -1,8 +1,8 @@
-"""EgressPolicy: asks OPA whether the identified call may go out, and records the intent.
+"""EgressPolicy: asks OPA whether the identified call may go out.
 
-Runs after ProxyAuth in ``requestheaders``. A denial or an unavailable policy engine answers the
-call here (nothing reaches the upstream); an allowed call is forwarded only once its intent record
-is committed.
+Runs in ``requestheaders`` after ProxyAuth and DestinationCheck. A denial or an unavailable policy
+engine answers the call here, before any DNS lookup or upstream connection. An allowed call goes
+on to DestinationPin and IntentRecord.
 """
 
 from __future__ import annotations
@@ -74,10 +74,3 @@ class EgressPolicy:
         if not call.decision.allow:
             denied = PolicyDenied("the policy does not allow this call", reasons=call.decision.reasons)
             await refuse(flow, denied, self._audit, self._audit_timeout)
-            return
-        try:
-            await self._audit.commit(call.record(flow, "intent"), self._audit_timeout)
-        except WardgateError as error:
-            await refuse(flow, error, self._audit, self._audit_timeout)
-            return
-        call.forwarded_at = time.perf_counter()

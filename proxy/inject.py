@@ -2,12 +2,12 @@
 
 Two addons around EgressPolicy:
 
-- ``CredentialBinding`` (before EgressPolicy) decides which service's credential this call would
-  carry, so the policy input names it (``credential.service``). It binds on the destination the
-  proxy really connects to, refuses a Host header naming another host when either is a bound
-  host (``host_mismatch``), and refuses a placeholder marker sent anywhere but a destination bound
-  to that service (``credential_placeholder_misplaced``): it is never forwarded.
-- ``CredentialInjector`` (after EgressPolicy, so only allowed calls) removes whatever the agent
+- ``CredentialBinding`` (after DestinationCheck, before EgressPolicy) decides which service's
+  credential this call would carry, so the policy input names it (``credential.service``). It
+  binds on the destination the proxy really connects to, and refuses a placeholder marker sent
+  anywhere but a destination bound to that service (``credential_placeholder_misplaced``): it is
+  never forwarded.
+- ``CredentialInjector`` (after IntentRecord, so only allowed, recorded calls) removes whatever the agent
   sent for the service's credential (its header, the configured extra headers and cookies, the
   query parameter) and sets the user's credential once. Lookup failures refuse the call.
 
@@ -50,14 +50,6 @@ def _request_markers(request: http.Request) -> tuple[set[str], bool]:
     return found | in_path, bool(in_path)
 
 
-def _host_header(request: http.Request) -> str | None:
-    authority = request.host_header
-    if not authority:
-        return None
-    host = authority.rsplit(":", 1)[0] if not authority.endswith("]") else authority
-    return host.strip("[]").lower().rstrip(".")
-
-
 class CredentialBinding:
     def __init__(self, bindings: Bindings, audit: AuditWriter, audit_timeout: float) -> None:
         self._bindings = bindings
@@ -69,14 +61,9 @@ class CredentialBinding:
         if flow.response is not None or call.principal is None:
             return
         request = flow.request
+        # DestinationCheck (before this addon) has refused a Host header, SNI or CONNECT authority
+        # naming another destination, so request.host is both what is dialled and what was named.
         destination = request.host.lower().rstrip(".")
-        claimed = _host_header(request)
-        if claimed is not None and claimed != destination and (
-            self._bindings.for_host(claimed) or self._bindings.for_host(destination)
-        ):
-            error = BadRequest("the Host header names another host than the destination", code="host_mismatch")
-            await refuse(flow, error, self._audit, self._audit_timeout)
-            return
         binding = self._bindings.resolve(request.scheme, destination, request.port)
         markers, in_path = _request_markers(request)
         stray = markers - ({binding.name} if binding else set())

@@ -13,24 +13,31 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
+from yarl import URL
 from mitmproxy import master, options
 from mitmproxy.addons import core, errorcheck, next_layer, proxyserver, tlsconfig
 
 from wardgate.gateway import admin, admin_token, oauth_connect
 from wardgate.gateway.agents import AgentDirectory, AgentRegistry
 from wardgate.gateway.audit import AuditWriter
+from wardgate.gateway.destinations import DestinationGuard
 from wardgate.gateway.echo import build_echo_app
 from wardgate.gateway.identity import TokenVerifier
 from wardgate.gateway.keys import KeyRing
 from wardgate.gateway.opa_process import ManagedOpa, wait_healthy
 from wardgate.gateway.policy import PolicyClient
+from wardgate.gateway.revocations import RevocationView, open_store
+from wardgate.gateway.revoker import Revoker
 from wardgate.gateway.settings import Settings
 
 from . import protocol_errors
 from .audit_trail import AuditTrail
 from .auth import ProxyAuth
 from .credentials import build_credentials
+from .destinations import DestinationCheck, DestinationPin
 from .egress import EgressPolicy
+from .event_streams import EventStreams
+from .intent import IntentRecord
 
 log = logging.getLogger("wardgate")
 
@@ -98,6 +105,17 @@ async def serve(settings: Settings, on_ready: Callable[[Listeners], None]) -> No
     async with contextlib.AsyncExitStack() as stack:
         stack.push_async_callback(audit.stop)
         stack.callback(registry.close)
+        state_url = settings.state.url.get_secret_value() if settings.state.url else None
+        revocation_store = open_store(state_url, settings.state_db, settings.revocation.timeout)
+        await revocation_store.open()
+        stack.push_async_callback(revocation_store.close)
+        revocations = RevocationView(
+            revocation_store,
+            poll_interval=settings.revocation.poll_interval,
+            max_staleness=settings.revocation.max_staleness,
+        )
+        await revocations.refresh()
+        revoker = Revoker(revocation_store, audit, settings.audit.commit_timeout, revocations)
         managed: ManagedOpa | None = None
         if settings.opa.mode == "managed":
             managed = ManagedOpa(settings.opa, settings.home / "logs" / "opa.log")
@@ -121,7 +139,9 @@ async def serve(settings: Settings, on_ready: Callable[[Listeners], None]) -> No
         credentials = await stack.enter_async_context(
             build_credentials(settings, keys, audit, settings.audit.commit_timeout)
         )
-        admin_app = admin.build_app(admin.AdminState(settings, keys, registry, audit, token, ready))
+        admin_app = admin.build_app(
+            admin.AdminState(settings, keys, registry, audit, token, ready, revoker, revocations, directory)
+        )
         oauth_connect.add_routes(admin_app, credentials.connector)
         admin_runner, admin_addr = await _start_site(
             admin_app,
@@ -136,16 +156,38 @@ async def serve(settings: Settings, on_ready: Callable[[Listeners], None]) -> No
             )
             stack.push_async_callback(echo_runner.cleanup)
 
-        verifier = TokenVerifier(keys, settings.identity, directory)
+        verifier = TokenVerifier(keys, settings.identity, directory, revocations)
         timeout = settings.audit.commit_timeout
+        guard = DestinationGuard(settings.egress.unsafe_allow_ranges, resolve_timeout=settings.egress.resolve_timeout)
+        for address in (admin_addr, URL(opa_url).authority):
+            host, _, port = address.rpartition(":")
+            guard.protect(host, int(port))
+        if echo_addr:
+            host, _, port = echo_addr.rpartition(":")
+            guard.allow_exactly(host, int(port))
         protocol_errors.install()
+        auth = ProxyAuth(verifier, audit, timeout, revocations)
         proxy_master = build_master(
             settings,
-            [ProxyAuth(verifier, audit, timeout), credentials.binding, EgressPolicy(policy, audit, timeout),
-             credentials.injector, credentials.scrubber, AuditTrail(audit)],
+            [
+                auth,
+                DestinationCheck(audit, timeout),
+                credentials.binding,
+                EgressPolicy(policy, audit, timeout),
+                DestinationPin(guard, audit, timeout),
+                IntentRecord(audit, timeout),
+                credentials.injector,
+                credentials.scrubber,
+                AuditTrail(audit),
+                EventStreams(),
+                credentials.stream_scrubber,
+            ],
         )
+        auth.attach(proxy_master.addons.get("proxyserver"))
         refresher = asyncio.create_task(directory.run(), name="agent-directory")
         stack.callback(refresher.cancel)
+        revocation_feed = asyncio.create_task(revocations.run(), name="revocation-view")
+        stack.callback(revocation_feed.cancel)
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, proxy_master.shutdown)
@@ -157,6 +199,7 @@ async def serve(settings: Settings, on_ready: Callable[[Listeners], None]) -> No
                     return
                 await asyncio.sleep(0.02)
             host, port = ps.listen_addrs()[0][:2]
+            guard.protect(host, port)
             listeners = Listeners(f"{host}:{port}", admin_addr, opa_url, managed.pid if managed else None, echo_addr, os.getpid())
             write_listeners(settings.run_dir / "listeners.json", listeners)
             on_ready(listeners)

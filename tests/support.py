@@ -188,10 +188,20 @@ class Gateway:
                 self.process.wait()
 
 
+LOOPBACK_RANGES = ["127.0.0.0/8", "::1/128"]
+
+
+def gateway_environ() -> dict[str, str]:
+    """This process's environment minus the test harness's own WARDGATE_TEST_* variables."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("WARDGATE_TEST_")}
+
+
 def start_gateway(
     root: Path, *, extra_config: str = "", policy_paths: list[Path] | None = None, upstream_ca: Path | None = None,
-    env: dict[str, str] | None = None, up_args: list[str] | None = None,
+    env: dict[str, str] | None = None, allow_ranges: list[str] | None = LOOPBACK_RANGES,
+    up_args: list[str] | None = None,
 ) -> Gateway:
+    """A gateway whose upstreams live on loopback, so loopback is allowed unless ``allow_ranges`` says otherwise."""
     root.mkdir(parents=True, exist_ok=True)
     home = root / "home"
     paths = [POLICIES, *(policy_paths or [])]
@@ -199,9 +209,11 @@ def start_gateway(
     lines = ["version = 1", "", "[opa]", f"paths = {json.dumps([str(p) for p in paths])}"]
     if upstream_ca:
         lines += ["", "[proxy]", f"upstream_ca_file = {json.dumps(str(upstream_ca))}"]
+    if allow_ranges:
+        lines += ["", "[egress]", f"unsafe_allow_ranges = {json.dumps(allow_ranges)}"]
     config.write_text("\n".join(lines) + "\n" + extra_config)
     log = root / "gateway.log"
-    environment = {**os.environ, "WARDGATE_HOME": str(home), **(env or {})}
+    environment = {**gateway_environ(), "WARDGATE_HOME": str(home), **(env or {})}
     environment.pop("WARDGATE_CONFIG", None)
     with open(log, "wb") as handle:
         process = subprocess.Popen(

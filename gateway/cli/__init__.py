@@ -19,7 +19,9 @@ from .audit import audit
 from .ca import ca
 from .creds import creds
 from .demo import demo
+from .keys import keys
 from .policy import policy
+from .runs import runs
 from .tokens import tokens
 from .up import up
 
@@ -33,7 +35,7 @@ def cli(ctx: click.Context, config_file: Path | None, home: Path | None) -> None
     ctx.obj = CliContext(config_file=config_file, home=home)
 
 
-for command in (up, ca, agents, tokens, policy, audit, demo, creds):
+for command in (up, ca, agents, tokens, policy, audit, demo, keys, runs, creds):
     cli.add_command(command)
 
 

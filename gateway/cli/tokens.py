@@ -1,4 +1,4 @@
-"""``wardgate tokens mint``."""
+"""``wardgate tokens mint|revoke``."""
 
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ from ..errors import BadRequest, IdentityError
 from ..identity import TokenIssuer
 from ..keys import KeyRing
 from ..settings import parse_duration
+from . import _revoke
 from ._context import CliContext, pass_cli
 
 
 @click.group()
 def tokens() -> None:
-    """Mint identity tokens for agents."""
+    """Mint and revoke identity tokens for agents."""
 
 
 @tokens.command("mint")
@@ -40,3 +41,13 @@ def mint(cli: CliContext, agent: str, user: str, ttl: str | None, scopes: tuple[
         raise BadRequest(str(exc), code="invalid_ttl") from None
     issuer = TokenIssuer(KeyRing.load(settings.keys_dir), settings.identity)
     click.echo(issuer.mint(agent=agent, tenant=record.tenant, user=user, scopes=chosen, ttl=lifetime, run=run_id))
+
+
+@tokens.command("revoke")
+@click.argument("jti")
+@click.option("--reason", default="", help="Why (kept in the audit record).")
+@pass_cli
+def revoke(cli: CliContext, jti: str, reason: str) -> None:
+    """Refuse the token whose id (jti claim) is JTI, on every replica."""
+    revocation, live = _revoke.revoke(cli.settings(), "token", jti, reason)
+    click.echo(_revoke.describe(revocation, live))

@@ -9,6 +9,7 @@ import base64
 import gzip
 import hashlib
 import json
+import os
 import ssl
 import threading
 from dataclasses import dataclass, field
@@ -72,6 +73,25 @@ class CredentialUpstream:
                                                     "X-Echo-Key": request.headers.get("X-Api-Key", "")})
         if kind == "big":
             return web.Response(body=b"x" * 8192)
+        if kind in ("bigecho", "bigecho-gzip"):
+            # Over the inspection limit even compressed (random filler), so streamed.
+            body = os.urandom(4096).hex().encode() + echo
+            if kind == "bigecho-gzip":
+                return web.Response(body=gzip.compress(body), headers={"Content-Encoding": "gzip"})
+            return web.Response(body=body)
+        if kind == "sse":
+            # An event stream echoing the credential, split across writes mid-secret.
+            secret = request.headers.get("Authorization", "").split(" ")[-1].encode()
+            event = b"data: " + secret + b"\n\n"
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await response.prepare(request)
+            await response.write(b"data: hello\n\n")
+            for cut in (len(event) // 2, len(event) // 3):
+                await response.write(event[:cut])
+                await asyncio.sleep(0.02)
+                await response.write(event[cut:])
+            await response.write_eof()
+            return response
         if kind == "redirect":
             return web.Response(status=302, headers={"Location": request.query["to"]})
         if kind == "chunked":

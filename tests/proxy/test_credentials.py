@@ -51,7 +51,7 @@ def services_toml(up: CredentialUpstream, untrusted_port: int) -> str:
         return f'[services.{name}]\nhosts = ["localhost"]\nports = [{port or up.ports[PORT[name]]}]\n{body}\n'
 
     return "".join([
-        section("bearer", 'strip_headers = ["X-Api-Key"]\nstrip_cookies = ["session"]'),
+        section("bearer", 'strip_headers = ["X-Api-Key"]\nstrip_cookies = ["session"]\ninspection_limit = 4096'),
         section("basic", 'mechanism = "basic"'),
         section("query", 'mechanism = "query"\nquery_param = "api_key"'),
         section("holder", 'mode = "placeholder"\nheader = "X-Api-Key"\ntemplate = "{token}"'),
@@ -280,7 +280,7 @@ def test_host_header_naming_another_host_is_refused(cred_gateway: Gateway, cred_
     port = cred_upstream.ports[PORT["bearer"]]
     response = call(cred_gateway, cred_upstream.url(PORT["bearer"], path, host="127.0.0.1"),
                     headers={"Host": f"localhost:{port}"})
-    assert response.status_code == 400 and response.headers["X-Wardgate-Error"] == "host_mismatch"
+    assert response.status_code == 400 and response.headers["X-Wardgate-Error"] == "destination_mismatch"
     assert cred_upstream.count(path) == 0
 
 
@@ -329,10 +329,24 @@ def test_uninspectable_responses_are_refused(
     assert TOKEN not in response.text
 
 
-def test_big_response_of_a_non_sensitive_service_streams(cred_gateway: Gateway, cred_upstream: CredentialUpstream) -> None:
-    path = f"/allowed/big/{uuid.uuid4()}"
+@pytest.mark.parametrize("kind", ["big", "bigecho", "bigecho-gzip", "sse"])
+def test_streamed_responses_are_scrubbed_in_flight(cred_gateway: Gateway, cred_upstream: CredentialUpstream, kind: str) -> None:
+    """Bodies over a non-sensitive service's inspection limit, and event streams, are not buffered:
+    they are decoded and scrubbed chunk by chunk, a secret split across chunks included."""
+    path = f"/allowed/{kind}/{uuid.uuid4()}"
     response = call(cred_gateway, cred_upstream.url(PORT["bearer"], path))
-    assert response.status_code == 200 and len(response.content) == 8192
+    assert response.status_code == 200
+    assert response.headers.get("Transfer-Encoding") == "chunked" and "Content-Encoding" not in response.headers
+    if kind == "big":
+        assert response.content == b"x" * 8192
+        return
+    assert TOKEN not in response.text and "tok%2Fen" not in response.text
+    expected = {"bigecho": 1, "bigecho-gzip": 1, "sse": 2}[kind]
+    assert response.text.count("[wardgate:scrubbed]") >= expected
+    if kind == "sse":
+        assert response.text.startswith("data: hello\n\n")
+        assert response.text.count("data: [wardgate:scrubbed]\n\n") == 2
+    assert outcome(cred_gateway, response)["scrub_count"] >= expected
 
 
 def test_redirect_is_returned_and_the_follow_up_is_judged_on_its_own_host(

@@ -1,0 +1,178 @@
+"""Where a call may go: every destination is resolved once and each address classified.
+
+Loopback, private, link-local, cloud metadata, carrier-grade NAT, reserved, multicast and
+unspecified addresses are refused unless a configured range allows them explicitly, and so are
+IPv6 forms that embed such an IPv4 address (IPv4-mapped and -compatible, 6to4, NAT64, Teredo).
+Odd spellings of IPv4 (decimal ``2130706433``, hex ``0x7f.1``, octal ``0177.0.0.1``, short
+``127.1``) are read the way resolvers read them, so they are classified by the address they mean.
+
+The address that passed is the address the proxy dials (see ``proxy/destinations.py``), so DNS
+rebinding between the check and the connect is impossible.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from .errors import BadRequest, DependencyUnavailable, PolicyDenied
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# Instance-metadata endpoints of the major clouds; refused even if a private range is allowed.
+METADATA = (
+    ipaddress.ip_network("169.254.169.254/32"),
+    ipaddress.ip_network("169.254.170.2/32"),
+    ipaddress.ip_network("100.100.100.200/32"),
+    ipaddress.ip_network("192.0.0.192/32"),
+    ipaddress.ip_network("fd00:ec2::254/128"),
+)
+CGNAT = ipaddress.ip_network("100.64.0.0/10")
+NAT64 = ipaddress.ip_network("64:ff9b::/96")
+NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")
+
+
+def parse_ip_literal(host: str) -> IPAddress | None:
+    """The address a host string spells, in any form a resolver accepts, or None for a name."""
+    text = host.strip("[]")
+    try:
+        return ipaddress.ip_address(text.split("%", 1)[0])
+    except ValueError:
+        pass
+    try:
+        # inet_aton accepts the BSD forms (decimal, hex, octal, 1-4 parts) exactly as getaddrinfo does.
+        return ipaddress.IPv4Address(socket.inet_aton(text))
+    except OSError:
+        return None
+
+
+def embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if address.teredo is not None:
+        return address.teredo[1]
+    if address in NAT64 or address in NAT64_LOCAL:
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    if int(address) >> 32 == 0 and int(address) > 1:  # deprecated IPv4-compatible ::a.b.c.d
+        return ipaddress.IPv4Address(int(address))
+    return None
+
+
+def classify(address: IPAddress) -> str | None:
+    """The reason ``address`` is not a public destination, or None if it is one."""
+    if isinstance(address, ipaddress.IPv6Address):
+        inner = embedded_ipv4(address)
+        if inner is not None:
+            reason = classify(inner)
+            return f"embedded_{reason}" if reason else None
+    if any(address in net for net in METADATA if net.version == address.version):
+        return "metadata"
+    if address.is_unspecified:
+        return "unspecified"
+    if address.is_loopback:
+        return "loopback"
+    if address.is_link_local:
+        return "link_local"
+    if address.is_multicast:
+        return "multicast"
+    if isinstance(address, ipaddress.IPv4Address) and address in CGNAT:
+        return "carrier_grade_nat"
+    if address.is_private:
+        return "private"
+    if address.is_reserved or not address.is_global:
+        return "reserved"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Vetted:
+    host: str
+    port: int
+    address: str
+
+
+class DestinationGuard:
+    """Resolves a destination once and decides whether the proxy may dial it."""
+
+    def __init__(
+        self,
+        allow_ranges: Iterable[str] = (),
+        own_listeners: Iterable[tuple[str, int]] = (),
+        resolve_timeout: float = 5.0,
+    ) -> None:
+        self._allowed: list[Network] = [ipaddress.ip_network(r, strict=False) for r in allow_ranges]
+        self._own: set[tuple[IPAddress, int]] = set()
+        self._own_ports_any_local: set[int] = set()
+        self._exact: set[tuple[IPAddress, int]] = set()
+        for host, port in own_listeners:
+            self.protect(host, port)
+        self._timeout = resolve_timeout
+
+    def protect(self, host: str, port: int) -> None:
+        """Never let the proxy reach ``host:port`` (one of wardgate's own listeners)."""
+        address = parse_ip_literal(host)
+        if address is None or address.is_loopback or address.is_unspecified:
+            # A listener on loopback or on every interface answers on any local address.
+            self._own_ports_any_local.add(port)
+        if address is not None:
+            self._own.add((address, port))
+
+    def allow_exactly(self, host: str, port: int) -> None:
+        """Allow one internal ``host:port`` (the demo echo service), nothing else on that host."""
+        address = parse_ip_literal(host)
+        if address is not None:
+            self._exact.add((address, port))
+
+    def check_address(self, address: IPAddress, port: int) -> None:
+        if (address, port) in self._own or (port in self._own_ports_any_local and _is_local(address)):
+            raise PolicyDenied("wardgate's own listeners are not reachable through the proxy",
+                               code="destination_refused", reasons=["own_listener"])
+        reason = classify(address)
+        if reason is None or (address, port) in self._exact:
+            return
+        if reason != "metadata" and not reason.endswith("_metadata"):
+            plain = embedded_ipv4(address) if isinstance(address, ipaddress.IPv6Address) else None
+            for candidate in filter(None, (address, plain)):
+                if any(candidate in net for net in self._allowed if net.version == candidate.version):
+                    return
+        raise PolicyDenied(f"destination address is {reason.replace('_', ' ')}", code="destination_refused",
+                           reasons=[reason])
+
+    async def vet(self, host: str, port: int) -> Vetted:
+        """Resolve ``host`` and check every address; return the one to dial."""
+        literal = parse_ip_literal(host)
+        if literal is not None:
+            addresses = [literal]
+        else:
+            if not host or len(host) > 253:
+                raise BadRequest("destination host name is invalid", code="destination_invalid")
+            loop = asyncio.get_running_loop()
+            try:
+                async with asyncio.timeout(self._timeout):
+                    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            except TimeoutError:
+                raise DependencyUnavailable("destination name did not resolve in time", code="dns_unavailable") from None
+            except (socket.gaierror, UnicodeError):
+                raise PolicyDenied("destination name does not resolve", code="destination_unresolvable",
+                                   reasons=["unresolvable"]) from None
+            addresses = list(dict.fromkeys(ipaddress.ip_address(info[4][0].split("%", 1)[0]) for info in infos))
+            if not addresses:
+                raise PolicyDenied("destination name does not resolve", code="destination_unresolvable",
+                                   reasons=["unresolvable"])
+        # Every address must pass: a name that also resolves to an internal address is refused,
+        # whichever one the resolver would have put first.
+        for address in addresses:
+            self.check_address(address, port)
+        return Vetted(host, port, str(addresses[0]))
+
+
+def _is_local(address: IPAddress) -> bool:
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback or address.is_unspecified

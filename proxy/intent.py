@@ -1,0 +1,35 @@
+"""IntentRecord: no record, no forwarding.
+
+The last ``requestheaders`` step before a call leaves: an allowed call is forwarded only once its
+intent record is durably committed; if that cannot happen within ``audit.commit_timeout`` the agent
+gets 503 ``audit_unavailable`` and nothing is sent upstream.
+"""
+
+from __future__ import annotations
+
+import time
+
+from mitmproxy import http
+
+from wardgate.gateway.audit import AuditWriter
+from wardgate.gateway.errors import WardgateError
+
+from .call import call_of
+from .refusals import refuse
+
+
+class IntentRecord:
+    def __init__(self, audit: AuditWriter, audit_timeout: float) -> None:
+        self._audit = audit
+        self._audit_timeout = audit_timeout
+
+    async def requestheaders(self, flow: http.HTTPFlow) -> None:
+        call = call_of(flow)
+        if flow.response is not None or call.decision is None or not call.decision.allow:
+            return
+        try:
+            await self._audit.commit(call.record(flow, "intent"), self._audit_timeout)
+        except WardgateError as error:
+            await refuse(flow, error, self._audit, self._audit_timeout)
+            return
+        call.forwarded_at = time.perf_counter()

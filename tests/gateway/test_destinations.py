@@ -1,0 +1,89 @@
+"""Address classification: every internal form refused, by the address it means."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+
+import pytest
+
+from wardgate.gateway.destinations import DestinationGuard, classify, parse_ip_literal
+from wardgate.gateway.errors import PolicyDenied
+
+
+@pytest.mark.parametrize(
+    ("spelling", "meaning"),
+    [
+        ("127.0.0.1", "127.0.0.1"), ("2130706433", "127.0.0.1"), ("0x7f000001", "127.0.0.1"),
+        ("0177.0.0.1", "127.0.0.1"), ("127.1", "127.0.0.1"), ("0x7f.1", "127.0.0.1"), ("[::1]", "::1"),
+        ("169.254.169.254", "169.254.169.254"), ("0xa9fea9fe", "169.254.169.254"), ("10.1", "10.0.0.1"),
+        ("fe80::1%eth0", "fe80::1"), ("api.github.com", None), ("1.2.3.4.5", None), ("", None),
+    ],
+)
+def test_odd_spellings_mean_what_resolvers_think(spelling: str, meaning: str | None) -> None:
+    parsed = parse_ip_literal(spelling)
+    assert (str(parsed) if parsed else None) == meaning
+
+
+@pytest.mark.parametrize(
+    ("address", "reason"),
+    [
+        ("127.0.0.1", "loopback"), ("::1", "loopback"), ("10.0.0.1", "private"), ("172.16.5.4", "private"),
+        ("192.168.1.1", "private"), ("169.254.169.254", "metadata"), ("169.254.1.1", "link_local"),
+        ("fe80::1", "link_local"), ("100.64.0.1", "carrier_grade_nat"), ("100.100.100.200", "metadata"),
+        ("fd00:ec2::254", "metadata"), ("fc00::1", "private"), ("224.0.0.1", "multicast"), ("ff02::1", "multicast"),
+        ("0.0.0.0", "unspecified"), ("::", "unspecified"), ("240.0.0.1", "private"), ("198.18.0.1", "private"), ("192.0.2.1", "private"),
+        ("::ffff:127.0.0.1", "embedded_loopback"), ("::ffff:169.254.169.254", "embedded_metadata"),
+        ("2002:7f00:1::", "embedded_loopback"), ("64:ff9b::a00:1", "embedded_private"),
+        ("::7f00:1", "embedded_loopback"), ("2001:0:4136:e378:8000:63bf:3fff:fdd2", "embedded_private"),
+        ("8.8.8.8", None), ("2606:4700:4700::1111", None), ("::ffff:8.8.8.8", None),
+    ],
+)
+def test_classification(address: str, reason: str | None) -> None:
+    assert classify(ipaddress.ip_address(address)) == reason
+
+
+def vet(guard: DestinationGuard, host: str, port: int = 443) -> str:
+    return asyncio.run(guard.vet(host, port)).address
+
+
+def test_allowed_ranges_open_only_what_they_name() -> None:
+    guard = DestinationGuard(["127.0.0.0/8"])
+    assert vet(guard, "127.0.0.2") == "127.0.0.2"
+    assert ipaddress.ip_address(vet(guard, "::ffff:127.0.0.1")) == ipaddress.ip_address("::ffff:127.0.0.1")
+    for host in ("10.0.0.1", "::1", "169.254.169.254"):
+        with pytest.raises(PolicyDenied):
+            vet(guard, host)
+
+
+def test_metadata_stays_refused_even_inside_an_allowed_range() -> None:
+    guard = DestinationGuard(["169.254.0.0/16", "0.0.0.0/0"])
+    with pytest.raises(PolicyDenied) as caught:
+        vet(guard, "169.254.169.254", 80)
+    assert caught.value.reasons == ["metadata"]
+
+
+def test_own_listeners_are_refused_even_when_loopback_is_allowed() -> None:
+    guard = DestinationGuard(["127.0.0.0/8", "::1/128"], own_listeners=[("127.0.0.1", 8081)])
+    for host in ("127.0.0.1", "127.0.0.2", "localhost", "::1", "2130706433"):
+        with pytest.raises(PolicyDenied) as caught:
+            vet(guard, host, 8081)
+        assert caught.value.reasons == ["own_listener"]
+    assert vet(guard, "127.0.0.1", 8082) == "127.0.0.1"
+
+
+def test_names_are_resolved_and_every_address_checked() -> None:
+    with pytest.raises(PolicyDenied) as caught:
+        vet(DestinationGuard(), "localhost")
+    assert caught.value.code == "destination_refused"
+    with pytest.raises(PolicyDenied) as caught:
+        vet(DestinationGuard(), "no-such-host.invalid")
+    assert caught.value.code == "destination_unresolvable"
+
+
+def test_exact_allowance_is_one_port_only() -> None:
+    guard = DestinationGuard()
+    guard.allow_exactly("127.0.0.1", 8089)
+    assert vet(guard, "127.0.0.1", 8089) == "127.0.0.1"
+    with pytest.raises(PolicyDenied):
+        vet(guard, "127.0.0.1", 8088)

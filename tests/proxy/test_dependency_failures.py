@@ -1,0 +1,97 @@
+"""OPA or the upstream failing mid-run: the call fails closed with the documented code, and recovers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from support import POLICIES, Gateway, OpaServer, Upstream, free_port, start_gateway
+
+
+def get(gateway: Gateway, token: str, url: str) -> requests.Response:
+    proxy = gateway.proxy_with(token)
+    return requests.get(url, proxies={"http": proxy, "https": proxy}, verify=str(gateway.ca_file), timeout=15)
+
+
+def until_status(gateway: Gateway, token: str, url: str, status: int, within: float = 20.0) -> requests.Response:
+    deadline = time.monotonic() + within
+    while True:
+        response = get(gateway, token, url)
+        if response.status_code == status or time.monotonic() > deadline:
+            return response
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def external_opa(opa_binary: str, acme_policy: Path) -> Iterator[OpaServer]:
+    server = OpaServer([POLICIES, acme_policy])
+    server.start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+def gateway_on_external_opa(
+    tmp_path: Path, external_opa: OpaServer, upstream_ca_file: Path, acme_policy: Path
+) -> Iterator[Gateway]:
+    gw = start_gateway(
+        tmp_path, upstream_ca=upstream_ca_file,
+        env={"WARDGATE_OPA__MODE": "external", "WARDGATE_OPA__URL": external_opa.url},
+    )
+    gw.create_agent("acme-bot", "acme", ["read"])
+    yield gw
+    gw.stop()
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_opa_killed_mid_run_fails_closed_then_recovers(
+    gateway_on_external_opa: Gateway, external_opa: OpaServer, upstream: Upstream, scheme: str
+) -> None:
+    gw = gateway_on_external_opa
+    token = gw.mint("acme-bot")
+    base = upstream.http_url if scheme == "http" else upstream.https_url
+    assert get(gw, token, f"{base}/allowed/before").status_code == 200
+
+    external_opa.kill()
+    path = f"/allowed/{uuid.uuid4()}"
+    refused = get(gw, token, f"{base}{path}")
+    assert refused.status_code == 503
+    assert refused.headers["X-Wardgate-Error"] == "policy_unavailable"
+    assert refused.json()["error"]["reasons"] == ["policy_error"]
+    assert upstream.count(path) == 0
+    (record,) = gw.records(refused.headers["X-Wardgate-Audit-Id"])
+    assert (record["kind"], record["decision"], record["status"], record["error"]) == ("refusal", "error", 503, "policy_unavailable")
+
+    external_opa.start()  # same port
+    assert until_status(gw, token, f"{base}/allowed/after", 200).status_code == 200
+
+
+def test_managed_opa_is_restarted_after_it_dies(gateway: Gateway, upstream: Upstream) -> None:
+    token = gateway.mint("acme-bot")
+    assert get(gateway, token, f"{upstream.http_url}/allowed/x").status_code == 200
+    os.kill(int(gateway.listeners["opa_pid"]), signal.SIGKILL)
+    refused = until_status(gateway, token, f"{upstream.http_url}/allowed/x", 503, within=5)
+    assert refused.headers["X-Wardgate-Error"] == "policy_unavailable"
+    assert until_status(gateway, token, f"{upstream.http_url}/allowed/x", 200).status_code == 200
+
+
+def test_unreachable_upstream_is_502_in_the_wardgate_shape(gateway: Gateway) -> None:
+    token = gateway.mint("acme-bot")
+    response = get(gateway, token, f"http://127.0.0.1:{free_port()}/allowed/x")
+    assert response.status_code == 502
+    assert response.headers["X-Wardgate-Error"] == "upstream_error"
+    assert response.json()["error"]["code"] == "upstream_error"
+    deadline = time.monotonic() + 5
+    while True:  # outcomes are committed just after the response is sent
+        outcomes = [r for r in gateway.records(wait_for=0) if r["kind"] == "outcome" and r["error"] == "upstream_error"]
+        if outcomes or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert outcomes and outcomes[-1]["status"] == 502
