@@ -30,6 +30,8 @@ class Call:
     # Set by Idempotency: the caller's key, and whether the response is a stored one replayed.
     idempotency_key: str | None = None
     replay: bool = False
+    # Occurrences of an injected secret removed from the response (proxy/scrub.py).
+    scrub_count: int = 0
 
     def record(self, flow: http.HTTPFlow, kind: Kind, **values: object) -> AuditRecord:
         """An audit record for this call, filled from the principal, the request and ``values``."""
@@ -47,6 +49,7 @@ class Call:
             latency_policy_ms=self.policy_ms,
             credential_service=self.credential_service,
             trace_id=flow.metadata.get("wardgate.trace_id"),
+            scrub_count=self.scrub_count,
         )
         if principal is not None:
             record.tenant, record.agent, record.user = principal.tenant, principal.agent, principal.user

@@ -18,7 +18,7 @@ from yarl import URL
 from mitmproxy import master, options
 from mitmproxy.addons import core, errorcheck, next_layer, proxyserver, tlsconfig
 
-from wardgate.gateway import admin, admin_token
+from wardgate.gateway import admin, admin_token, oauth_connect
 from wardgate.gateway.agents import AgentDirectory, AgentRegistry
 from wardgate.gateway.audit_setup import build_writer
 from wardgate.gateway.destinations import DestinationGuard
@@ -39,6 +39,7 @@ from . import protocol_errors
 from .audit_trail import AuditTrail
 from .approval import ApprovalGate
 from .auth import ProxyAuth
+from .credentials import build_credentials
 from .destinations import DestinationCheck, DestinationPin
 from .egress import EgressPolicy
 from .event_streams import EventStreams
@@ -147,10 +148,14 @@ async def serve(settings: Settings, on_ready: Callable[[Listeners], None]) -> No
 
         approvals = ApprovalStore(settings.home / "approvals.db")
         stack.callback(approvals.close)
+        credentials = await stack.enter_async_context(
+            build_credentials(settings, keys, audit, settings.audit.commit_timeout)
+        )
         admin_app = admin.build_app(
             admin.AdminState(settings, keys, registry, audit, token, ready, revoker, revocations, directory)
         )
         approval_api.install(admin_app, approvals)
+        oauth_connect.add_routes(admin_app, credentials.connector)
         admin_runner, admin_addr = await _start_site(
             admin_app,
             settings.admin.listen.host,
@@ -190,14 +195,19 @@ async def serve(settings: Settings, on_ready: Callable[[Listeners], None]) -> No
                 TraceContext(),
                 auth,
                 DestinationCheck(audit, timeout),
+                credentials.binding,
                 EgressPolicy(policy, audit, timeout),
                 DestinationPin(guard, audit, timeout),
                 IntentRecord(audit, timeout),
+                credentials.injector,
+                # Before Idempotency, whose `response` hook stores the body for replays.
+                credentials.scrubber,
                 # `request` hook, after the body is read and the intent committed:
                 ApprovalGate(approvals, settings.approvals.ttl, audit, timeout),
                 Idempotency(idempotency_store, settings.idempotency, audit, timeout),
                 AuditTrail(audit),
                 EventStreams(),
+                credentials.stream_scrubber,
             ],
         )
         auth.attach(proxy_master.addons.get("proxyserver"))
