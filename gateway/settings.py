@@ -13,11 +13,12 @@ import difflib
 import os
 import re
 import tomllib
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
 
@@ -205,6 +206,43 @@ class McpSettings(_Section):
     max_depth: int = Field(default=64, ge=4, le=512)
     # How many tools/list entries are checked against the policy at once.
     list_concurrency: int = Field(default=16, ge=1, le=256)
+EXTERNAL_ALGORITHMS = ("EdDSA", "ES256", "ES384", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512")
+
+
+class TrustedIssuer(_Section):
+    """An external identity provider (OIDC, SPIFFE JWT-SVID) trusted by issuer + JWKS."""
+
+    issuer: str  # exact `iss`
+    jwks: str  # https URL or a file path
+    audience: str  # exact, single-valued `aud`
+    algorithms: list[str] = ["EdDSA", "ES256", "RS256"]
+    # Accepted `typ` header values; "" accepts a token without one (JWT-SVIDs often omit it).
+    token_types: list[str] = ["at+jwt"]
+    # Claim mapping (dotted paths into the claims): who is the agent, the user, the tenant.
+    agent_claim: str = "act.sub"
+    agent_prefix: str = ""  # e.g. "spiffe://example.org/agent/": required, then stripped
+    user_claim: str = "sub"
+    tenant_claim: str | None = None
+    tenant: str | None = None  # fixed tenant when the issuer has no tenant claim
+    scope_claim: str = "scope"
+    refresh_interval: float = 300.0
+    refetch_min_interval: float = 30.0  # an unknown kid triggers at most one fetch per this interval
+    max_age: float = 3600.0  # the last good key set is used up to this age, then calls fail closed
+    fetch_timeout: float = 5.0
+    unsafe_allow_http: bool = False  # plain-http JWKS URL (tests, loopback only)
+
+    @field_validator("refresh_interval", "refetch_min_interval", "max_age", "fetch_timeout", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> float:
+        return parse_duration(value)
+
+    @field_validator("algorithms")
+    @classmethod
+    def _asymmetric_only(cls, value: list[str]) -> list[str]:
+        refused = [a for a in value if a not in EXTERNAL_ALGORITHMS]
+        if refused or not value:
+            raise ValueError(f"algorithms must be a non-empty subset of {', '.join(EXTERNAL_ALGORITHMS)} (never none or HMAC)")
+        return value
 
 
 class DemoSettings(_Section):
@@ -216,6 +254,113 @@ class DemoSettings(_Section):
     agent: str = "demo-agent"
     tenant: str = "demo"
     user: str = "alice"
+
+
+_SERVICE_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+_HOST_PATTERN = re.compile(r"^(\*\.)?[a-z0-9]([a-z0-9.-]*[a-z0-9])?$")
+_HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
+
+
+class OAuthClientSettings(_Section):
+    """An authorization server for ``wardgate creds connect`` (authorization code + PKCE)."""
+
+    authorization_endpoint: str
+    token_endpoint: str
+    client_id: str
+    client_secret: SecretStr | None = None  # public clients rely on PKCE alone
+    scopes: list[str] = []
+    # Where the authorization server sends the user back; default: the admin API's /oauth/callback
+    # at the address the CLI reached it on.
+    redirect_uri: str | None = None
+
+    @field_validator("authorization_endpoint", "token_endpoint")
+    @classmethod
+    def _https(cls, value: str) -> str:
+        if not value.startswith("https://"):
+            raise ValueError("OAuth endpoints must be https:// URLs")
+        return value
+
+
+class ServiceSettings(_Section):
+    """One ``[services.NAME]`` table: where a credential may go and how it is applied.
+
+    ``hosts`` are exact names or ``*.suffix`` (which never matches the apex). Injection happens
+    only over HTTPS to one of ``ports`` (443 unless the operator lists others). ``mechanism``:
+
+    - ``header``    ``header`` set to ``template`` with ``{token}`` replaced (``Bearer {token}``)
+    - ``basic``     ``Authorization: Basic base64(secret)``, the stored secret being ``user:password``
+    - ``query``     the query parameter ``query_param`` set to the secret
+    - ``assertion`` a JWT minted per call by wardgate (no stored secret), in ``header``/``template``
+
+    ``mode = "placeholder"`` injects only where the agent sent the marker ``wardgate:NAME``.
+    """
+
+    hosts: list[str] = Field(min_length=1)
+    ports: list[int] = [443]
+    mechanism: Literal["header", "basic", "query", "assertion"] = "header"
+    header: str = "Authorization"
+    template: str = "Bearer {token}"
+    query_param: str | None = None
+    mode: Literal["inject", "placeholder"] = "inject"
+    # Extra agent-supplied headers and cookies to remove on bound calls (the credential header is
+    # always removed).
+    strip_headers: list[str] = []
+    strip_cookies: list[str] = []
+    # Responses larger than this are not buffered for scrubbing; for a sensitive service they are
+    # refused instead (``response_uninspectable``).
+    sensitive: bool = False
+    inspection_limit: int = Field(default=4 << 20, ge=1024)
+    audience: str | None = None  # assertion audience; defaults to the service name
+    assertion_ttl: float = Field(default=60.0, gt=0, le=900)
+    # OAuth grants are refreshed this long before they expire.
+    refresh_skew: float = Field(default=60.0, ge=0)
+    oauth: OAuthClientSettings | None = None
+
+    @field_validator("hosts")
+    @classmethod
+    def _hosts(cls, hosts: list[str]) -> list[str]:
+        lowered = [h.lower().rstrip(".") for h in hosts]
+        for host in lowered:
+            if not _HOST_PATTERN.match(host) or host.count("*") > 1:
+                raise ValueError(f"host {host!r} must be a name or *.suffix")
+        return lowered
+
+    @field_validator("ports")
+    @classmethod
+    def _ports(cls, ports: list[int]) -> list[int]:
+        if not ports or any(not 0 < p <= 65535 for p in ports):
+            raise ValueError("ports must be a non-empty list of ports 1-65535")
+        return ports
+
+    @field_validator("header", "strip_headers")
+    @classmethod
+    def _header_names(cls, value: str | list[str]) -> str | list[str]:
+        for name in [value] if isinstance(value, str) else value:
+            if not _HEADER_NAME.match(name):
+                raise ValueError(f"{name!r} is not a header name")
+        return value
+
+    @field_validator("assertion_ttl", "refresh_skew", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> float:
+        return parse_duration(value)
+
+    @model_validator(mode="after")
+    def _mechanism(self) -> "ServiceSettings":
+        if self.mechanism in ("header", "assertion") and "{token}" not in self.template:
+            raise ValueError("template must contain {token}")
+        if self.mechanism == "query" and not self.query_param:
+            raise ValueError("mechanism 'query' needs query_param")
+        if self.mechanism == "assertion" and self.mode == "placeholder":
+            raise ValueError("assertions are minted per call; placeholder mode does not apply")
+        return self
+
+
+class VaultSettings(_Section):
+    # The master keys: ``master_key`` (e.g. from WARDGATE_VAULT__MASTER_KEY, "kid:base64,..." with
+    # the first one active) or else ``master_key_file`` (default <home>/vault.keys, mode 0600).
+    master_key: SecretStr | None = None
+    master_key_file: Path | None = None
 
 
 class Settings(_Section):
@@ -233,6 +378,9 @@ class Settings(_Section):
     idempotency: IdempotencySettings = IdempotencySettings()
     approvals: ApprovalSettings = ApprovalSettings()
     mcp: McpSettings = McpSettings()
+    trusted_issuers: list[TrustedIssuer] = []
+    services: dict[str, ServiceSettings] = {}
+    vault: VaultSettings = VaultSettings()
     admin_token: SecretStr | None = None
 
     @property
@@ -255,6 +403,10 @@ class Settings(_Section):
     def run_dir(self) -> Path:
         return self.home / "run"
 
+    @property
+    def vault_key_file(self) -> Path:
+        return self.vault.master_key_file or self.home / "vault.keys"
+
 
 def _hint(unknown: str, known: list[str]) -> str:
     close = difflib.get_close_matches(unknown, known, n=1, cutoff=0.6)
@@ -272,6 +424,12 @@ def _check_unknown(model: type[BaseModel], data: Mapping[str, Any], where: str) 
         annotation = fields[key].annotation
         if isinstance(value, Mapping) and isinstance(annotation, type) and issubclass(annotation, BaseModel):
             _check_unknown(annotation, value, f"{where}{key}.")
+        elif isinstance(value, Mapping) and typing.get_origin(annotation) is dict:
+            # Named tables such as [services.NAME]: check each entry against the value model.
+            item = typing.get_args(annotation)[1]
+            for name, entry in value.items():
+                if isinstance(entry, Mapping) and isinstance(item, type) and issubclass(item, BaseModel):
+                    _check_unknown(item, entry, f"{where}{key}.{name}.")
 
 
 def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
@@ -362,4 +520,13 @@ def _resolve_paths(settings: Settings, base: Path, cwd: Path) -> Settings:
     proxy = settings.proxy
     if proxy.upstream_ca_file is not None:
         proxy = proxy.model_copy(update={"upstream_ca_file": absolute(proxy.upstream_ca_file, base)})
-    return settings.model_copy(update={"home": absolute(settings.home, cwd), "opa": opa, "proxy": proxy})
+    for name in settings.services:
+        if not _SERVICE_NAME.match(name):
+            raise ConfigError(f"service name {name!r} must be lowercase letters, digits, '.', '_' or '-'",
+                              code="config_invalid")
+    vault = settings.vault
+    if vault.master_key_file is not None:
+        vault = vault.model_copy(update={"master_key_file": absolute(vault.master_key_file, base)})
+    return settings.model_copy(
+        update={"home": absolute(settings.home, cwd), "opa": opa, "proxy": proxy, "vault": vault}
+    )

@@ -43,6 +43,8 @@ class Call:
     # Denied, but the policy is in report mode for this caller: recorded as would_deny, forwarded.
     would_deny: bool = False
     policy_revision: str | None = None
+    # Occurrences of an injected secret removed from the response (proxy/scrub.py).
+    scrub_count: int = 0
 
     @property
     def proceeds(self) -> bool:
@@ -65,6 +67,7 @@ class Call:
             latency_policy_ms=self.policy_ms,
             credential_service=self.credential_service,
             trace_id=flow.metadata.get("wardgate.trace_id"),
+            scrub_count=self.scrub_count,
         )
         if principal is not None:
             record.tenant, record.agent, record.user = principal.tenant, principal.agent, principal.user

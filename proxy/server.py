@@ -12,12 +12,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 from aiohttp import web
 from yarl import URL
 from mitmproxy import master, options
 from mitmproxy.addons import core, errorcheck, next_layer, proxyserver, tlsconfig
 
-from wardgate.gateway import admin, admin_token
+from wardgate.gateway import admin, admin_token, oauth_connect
 from wardgate.gateway.agents import AgentDirectory, AgentRegistry
 from wardgate.gateway.audit_setup import build_writer
 from wardgate.gateway.destinations import DestinationGuard
@@ -26,6 +27,7 @@ from wardgate.gateway import approval_api
 from wardgate.gateway.approvals import ApprovalStore
 from wardgate.gateway.identity import TokenVerifier
 from wardgate.gateway.idempotency import IdempotencyStore
+from wardgate.gateway.issuers import ExternalIssuer
 from wardgate.gateway.keys import KeyRing
 from wardgate.gateway.opa_process import ManagedOpa, wait_healthy
 from wardgate.gateway.policy import PolicyClient
@@ -38,6 +40,7 @@ from . import protocol_errors
 from .audit_trail import AuditTrail
 from .approval import ApprovalGate
 from .auth import ProxyAuth
+from .credentials import build_credentials
 from .destinations import DestinationCheck, DestinationPin
 from .egress import EgressPolicy
 from .event_streams import EventStreams
@@ -156,10 +159,14 @@ async def serve(settings: Settings, on_ready: Callable[[Listeners], None]) -> No
 
         approvals = ApprovalStore(settings.home / "approvals.db")
         stack.callback(approvals.close)
+        credentials = await stack.enter_async_context(
+            build_credentials(settings, keys, audit, settings.audit.commit_timeout)
+        )
         admin_app = admin.build_app(
             admin.AdminState(settings, keys, registry, audit, token, ready, revoker, revocations, directory)
         )
         approval_api.install(admin_app, approvals)
+        oauth_connect.add_routes(admin_app, credentials.connector)
         admin_runner, admin_addr = await _start_site(
             admin_app,
             settings.admin.listen.host,
@@ -173,7 +180,14 @@ async def serve(settings: Settings, on_ready: Callable[[Listeners], None]) -> No
             )
             stack.push_async_callback(echo_runner.cleanup)
 
-        verifier = TokenVerifier(keys, settings.identity, directory, revocations)
+        issuers: list[ExternalIssuer] = []
+        if settings.trusted_issuers:
+            jwks_session = await stack.enter_async_context(aiohttp.ClientSession())
+            issuers = [ExternalIssuer(trusted, jwks_session) for trusted in settings.trusted_issuers]
+            for issuer in issuers:
+                task = asyncio.create_task(issuer.run(), name=f"jwks {issuer.settings.issuer}")
+                stack.callback(task.cancel)
+        verifier = TokenVerifier(keys, settings.identity, directory, revocations, issuers)
         timeout = settings.audit.commit_timeout
         guard = DestinationGuard(settings.egress.unsafe_allow_ranges, resolve_timeout=settings.egress.resolve_timeout)
         for address in (admin_addr, URL(opa_url).authority):
@@ -194,14 +208,19 @@ async def serve(settings: Settings, on_ready: Callable[[Listeners], None]) -> No
                 DestinationCheck(audit, timeout),
                 # Marks MCP calls, whose decision waits for the body (`request` hook, next three addons).
                 McpGateway(settings.mcp, policy, audit, timeout),
+                credentials.binding,
                 EgressPolicy(policy, audit, timeout),
                 DestinationPin(guard, audit, timeout),
                 IntentRecord(audit, timeout),
+                credentials.injector,
+                # Before Idempotency, whose `response` hook stores the body for replays.
+                credentials.scrubber,
                 # `request` hook, after the body is read and the intent committed:
                 ApprovalGate(approvals, settings.approvals.ttl, audit, timeout),
                 Idempotency(idempotency_store, settings.idempotency, audit, timeout),
                 AuditTrail(audit),
                 EventStreams(),
+                credentials.stream_scrubber,
             ],
         )
         auth.attach(proxy_master.addons.get("proxyserver"))

@@ -199,6 +199,7 @@ def gateway_environ() -> dict[str, str]:
 def start_gateway(
     root: Path, *, extra_config: str = "", policy_paths: list[Path] | None = None, upstream_ca: Path | None = None,
     env: dict[str, str] | None = None, allow_ranges: list[str] | None = LOOPBACK_RANGES,
+    up_args: list[str] | None = None,
 ) -> Gateway:
     """A gateway whose upstreams live on loopback, so loopback is allowed unless ``allow_ranges`` says otherwise."""
     root.mkdir(parents=True, exist_ok=True)
@@ -219,7 +220,7 @@ def start_gateway(
     with open(log, "wb") as handle:
         process = subprocess.Popen(
             [sys.executable, "-m", "wardgate.gateway.cli", "--config", str(config), "up",
-             "--proxy-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"],
+             "--proxy-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", *(up_args or [])],
             cwd=root, env=environment, stdout=handle, stderr=subprocess.STDOUT,
         )
     listeners_file = home / "run" / "listeners.json"

@@ -18,6 +18,7 @@ from .agents import agents
 from .approvals import approvals
 from .audit import audit
 from .ca import ca
+from .creds import creds
 from .demo import demo
 from .keys import keys
 from .policy import policy
@@ -35,7 +36,7 @@ def cli(ctx: click.Context, config_file: Path | None, home: Path | None) -> None
     ctx.obj = CliContext(config_file=config_file, home=home)
 
 
-for command in (up, ca, agents, tokens, policy, audit, demo, keys, runs):
+for command in (up, ca, agents, tokens, policy, audit, demo, keys, runs, creds):
     cli.add_command(command)
 cli.add_command(approvals)
 cli.add_command(runs)

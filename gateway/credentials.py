@@ -1,0 +1,104 @@
+"""The credential a bound call carries: looked up (vault, OAuth refresh or a minted assertion),
+rendered for its mechanism, and the forms of it the response scrubber must look for.
+
+Refusals (all fail closed; the call is never forwarded without its credential):
+
+    vault_unavailable          503  no master key, key file too open, unreadable or tampered row
+    credential_missing         403  the user has no credential stored for the service
+    credential_refresh_failed  502  the OAuth access token expired and could not be refreshed
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from dataclasses import dataclass
+from urllib.parse import quote, quote_plus
+
+from .assertion import AssertionMinter
+from .bindings import Binding
+from .errors import PolicyDenied
+from .oauth import OAuthRefresher
+from .vault import Vault, vault_unavailable
+
+MIN_FORM = 4
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    tenant: str
+    user: str
+    agent: str
+    run: str | None
+    call_id: str
+
+
+class Injected:
+    """What goes on the wire for one call, and what must never come back. Hidden from ``repr``."""
+
+    __slots__ = ("service", "token", "header_value", "forms")
+
+    def __init__(self, service: str, token: str, header_value: str, forms: tuple[bytes, ...]) -> None:
+        self.service = service
+        self.token = token  # the value that replaces a placeholder marker or fills a query parameter
+        self.header_value = header_value  # the full header value for header/basic/assertion mechanisms
+        self.forms = forms
+
+    def __repr__(self) -> str:
+        return f"Injected(service={self.service!r}, forms={len(self.forms)})"
+
+
+def secret_forms(*values: str) -> tuple[bytes, ...]:
+    """The plain value and the derived forms an upstream may echo: base64 (standard and URL-safe,
+    with and without padding), URL-encoding, JSON string escaping. Longest first."""
+    forms: set[bytes] = set()
+    for value in values:
+        raw = value.encode()
+        b64 = base64.b64encode(raw)
+        url_b64 = base64.urlsafe_b64encode(raw)
+        for form in (
+            raw, b64, b64.rstrip(b"="), url_b64, url_b64.rstrip(b"="),
+            quote(value, safe="").encode(), quote_plus(value, safe="").encode(),
+            json.dumps(value)[1:-1].encode(),
+        ):
+            if len(form) >= MIN_FORM:
+                forms.add(form)
+    return tuple(sorted(forms, key=lambda f: (-len(f), f)))
+
+
+class CredentialProvider:
+    def __init__(self, vault: Vault | None, oauth: OAuthRefresher | None, assertions: AssertionMinter) -> None:
+        self._vault = vault
+        self._oauth = oauth
+        self._assertions = assertions
+
+    async def credential_for(self, binding: Binding, caller: Caller) -> Injected:
+        service = binding.service
+        if service.mechanism == "assertion":
+            token = self._assertions.mint(
+                audience=service.audience or binding.name, user=caller.user, agent=caller.agent,
+                tenant=caller.tenant, run=caller.run, call_id=caller.call_id, ttl=service.assertion_ttl,
+            )
+            return Injected(binding.name, token, service.template.replace("{token}", token), secret_forms(token))
+        if self._vault is None:
+            raise vault_unavailable("the credential vault is not configured")
+        credential = await asyncio.to_thread(self._vault.get, caller.tenant, caller.user, binding.name)
+        if credential is None:
+            raise PolicyDenied(
+                f"no credential for service {binding.name!r} is stored for this user", code="credential_missing"
+            )
+        if credential.kind == "oauth":
+            assert self._oauth is not None
+            token = await self._oauth.access_token(credential, service.refresh_skew)
+        else:
+            try:
+                token = credential.secret.reveal().decode()
+            except UnicodeDecodeError:
+                raise vault_unavailable(f"the stored credential for service {binding.name!r} is not text") from None
+        if service.mechanism == "basic":
+            encoded = base64.b64encode(token.encode()).decode()
+            user, _, password = token.partition(":")
+            return Injected(binding.name, encoded, f"Basic {encoded}", secret_forms(token, password))
+        header_value = service.template.replace("{token}", token)
+        return Injected(binding.name, token, header_value, secret_forms(token))

@@ -1,0 +1,182 @@
+"""Scrubbing: an injected secret that an upstream echoes back never reaches the agent.
+
+For a call that carried a credential, the response headers and body are searched for the
+secret's forms (plain, base64 of Basic credentials and of the token, URL- and JSON-escaped) and
+each occurrence is replaced by ``[wardgate:scrubbed]``; the count goes into the outcome audit
+record (``scrub_count``). Two addons, because the body is seen in two ways:
+
+- ``StreamScrubber`` (``responseheaders``, last in the chain, after EventStreams has asked for
+  streaming): scrubs the headers and decides how the body is inspected. A response that is to be
+  streamed — an event stream, or a body announced larger than the service's ``inspection_limit`` —
+  is scrubbed in flight: decoded (gzip, deflate, br, zstd) and searched chunk by chunk, holding
+  back the last ``len(longest form) - 1`` bytes so a secret split across chunks is still found;
+  it goes out chunked and decoded. Everything else is buffered.
+- ``ResponseScrubber`` (``response``, before AuditTrail): scrubs a buffered body after decoding it
+  (chunked bodies arrive reassembled).
+
+A response that cannot be inspected safely is refused with 502 ``response_uninspectable`` rather
+than passed through: a content-encoding wardgate cannot decode (buffered first, then refused), or,
+for a service marked ``sensitive``, a body larger than its ``inspection_limit``.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from collections.abc import Callable
+
+import brotli
+import zstandard
+from mitmproxy import http
+
+from wardgate.gateway.audit import AuditWriter
+from wardgate.gateway.bindings import Binding
+from wardgate.gateway.credentials import Injected
+from wardgate.gateway.errors import UpstreamError
+
+from .call import Call, call_of
+from .inject import BINDING, INJECTED
+from .refusals import refuse
+
+REPLACEMENT = b"[wardgate:scrubbed]"
+
+
+def _pattern(injected: Injected) -> re.Pattern[bytes]:
+    return re.compile(b"|".join(re.escape(form) for form in injected.forms))
+
+
+def _uninspectable(reason: str) -> UpstreamError:
+    return UpstreamError(
+        "the upstream response could not be inspected for leaked credentials", code="response_uninspectable",
+        reasons=[reason],
+    )
+
+
+def _decoder(encoding: str) -> Callable[[bytes], bytes] | None:
+    """An incremental decoder for ``encoding``; identity → pass-through; unknown → None."""
+    encoding = encoding.strip().lower()
+    if encoding in ("", "identity", "none"):
+        return lambda data: data
+    if encoding in ("gzip", "x-gzip", "deflate"):
+        inflater = zlib.decompressobj(zlib.MAX_WBITS | 32)  # gzip or zlib framing, told apart by header
+        return lambda data: inflater.decompress(data) if data else inflater.flush()
+    if encoding == "br":
+        brotli_decoder = brotli.Decompressor()
+        return lambda data: brotli_decoder.process(data) if data else b""
+    if encoding == "zstd":
+        zstd_decoder = zstandard.ZstdDecompressor().decompressobj()
+        return lambda data: zstd_decoder.decompress(data) if data else b""
+    return None
+
+
+class StreamingScrub:
+    """``flow.response.stream`` callable: decode, scrub, hold back a possible partial match."""
+
+    def __init__(self, pattern: re.Pattern[bytes], longest: int, decode: Callable[[bytes], bytes], call: Call) -> None:
+        self._pattern = pattern
+        self._hold = max(0, longest - 1)
+        self._decode = decode
+        self._call = call
+        self._carry = b""
+
+    def __call__(self, chunk: bytes) -> list[bytes]:
+        """Chunks to send; never an empty one, which chunked framing would read as the end."""
+        end = chunk == b""  # mitmproxy signals the end of the body with an empty chunk
+        try:
+            data = self._carry + self._decode(chunk)
+        except (zlib.error, brotli.error, zstandard.ZstdError):
+            # Headers are gone already; ending the connection is the only refusal left.
+            raise ValueError("the streamed response could not be decoded for scrubbing") from None
+        if end:
+            self._carry = b""
+            cleaned, count = self._pattern.subn(REPLACEMENT, data)
+            self._call.scrub_count += count
+            return [cleaned] if cleaned else []
+        cut = len(data) - self._hold
+        out, position = [], 0
+        for match in self._pattern.finditer(data):
+            # A match near the end might be the start of a longer form: keep it for the next chunk.
+            if match.end() > cut or match.start() > len(data) - self._hold - 1:
+                cut = min(cut, match.start())
+                break
+            out += [data[position:match.start()], REPLACEMENT]
+            self._call.scrub_count += 1
+            position = match.end()
+        cut = max(cut, position)
+        out.append(data[position:cut])
+        self._carry = data[cut:]
+        ready = b"".join(out)
+        return [ready] if ready else []
+
+
+class StreamScrubber:
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        injected: Injected | None = flow.metadata.get(INJECTED)
+        binding: Binding | None = flow.metadata.get(BINDING)
+        response = flow.response
+        if injected is None or binding is None or response is None or flow.metadata.get("wardgate.refused"):
+            return
+        pattern = _pattern(injected)
+        call = call_of(flow)
+        fields, count = [], 0
+        for name, value in response.headers.fields:
+            cleaned, found = pattern.subn(REPLACEMENT, value)
+            count += found
+            fields.append((name, cleaned))
+        if count:
+            response.headers.fields = tuple(fields)
+        call.scrub_count += count
+        service = binding.service
+        length = response.headers.get("content-length", "")
+        announced = int(length) if length.isdigit() else None
+        over_limit = announced is not None and announced > service.inspection_limit
+        if over_limit and service.sensitive:
+            response.stream = False  # buffered, then refused by ResponseScrubber
+            return
+        if not (response.stream or over_limit):
+            return
+        decode = _decoder(response.headers.get("content-encoding", ""))
+        if decode is None:
+            response.stream = False  # unknown encoding: buffered, then refused
+            return
+        scrub = StreamingScrub(pattern, len(injected.forms[0]), decode, call)
+        if hasattr(response.stream, "prepend"):  # an event stream relayed by EventStreams: scrub first
+            response.stream.prepend(scrub)
+        else:
+            response.stream = scrub
+        for name in ("content-length", "content-encoding"):
+            response.headers.pop(name, None)
+        response.headers["transfer-encoding"] = "chunked"
+
+
+class ResponseScrubber:
+    def __init__(self, audit: AuditWriter, audit_timeout: float) -> None:
+        self._audit = audit
+        self._audit_timeout = audit_timeout
+
+    async def response(self, flow: http.HTTPFlow) -> None:
+        injected: Injected | None = flow.metadata.get(INJECTED)
+        binding: Binding | None = flow.metadata.get(BINDING)
+        response = flow.response
+        if injected is None or binding is None or response is None or flow.metadata.get("wardgate.refused"):
+            return
+        if response.stream or response.raw_content is None:
+            return  # scrubbed in flight by StreamScrubber
+        limit, sensitive = binding.service.inspection_limit, binding.service.sensitive
+        if sensitive and len(response.raw_content) > limit:
+            await refuse(flow, _uninspectable("inspection_limit_exceeded"), self._audit, self._audit_timeout)
+            return
+        try:
+            body = response.get_content(strict=True)
+        except ValueError:
+            await refuse(flow, _uninspectable("unknown_content_encoding"), self._audit, self._audit_timeout)
+            return
+        if body is None:
+            return
+        if sensitive and len(body) > limit:
+            await refuse(flow, _uninspectable("inspection_limit_exceeded"), self._audit, self._audit_timeout)
+            return
+        cleaned, count = _pattern(injected).subn(REPLACEMENT, body)
+        if count:
+            response.set_content(cleaned)
+            call_of(flow).scrub_count += count
