@@ -18,6 +18,7 @@ from . import admin_token
 from .agents import AgentRegistry
 from .audit import AuditWriter, query_records
 from .audit_filters import query_from
+from .audit_setup import audit_source
 from .errors import AdminAuthError, BadRequest, NotFound, WardgateError, to_response
 from .keys import KeyRing
 from .settings import Settings
@@ -129,7 +130,7 @@ async def audit_records(request: web.Request) -> web.Response:
             raise BadRequest("tenant parameter conflicts with the tenant in the path", code="tenant_mismatch")
         params["tenant"] = scoped
     query = replace(query_from(params), before=params.get("cursor") or None)
-    records = await asyncio.to_thread(query_records, request.app[STATE].settings.audit_db, query)
+    records = await asyncio.to_thread(query_records, audit_source(request.app[STATE].settings), query)
     if query.call_id and not records:
         raise NotFound("no audit record with that call id", code="audit_record_not_found")
     next_cursor = records[-1]["id"] if len(records) == query.limit else None

@@ -25,18 +25,17 @@ them. Without a sink, that is every record after the writer's first checkpoint.
 from __future__ import annotations
 
 import itertools
-import sqlite3
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from .audit import GENESIS, chain_hash, record_from_row
+from .audit import GENESIS, SCHEMA, chain_hash, record_from_row
 from .audit_checkpoint import Checkpoint
 from .audit_keys import signature_valid
+from .audit_store import POSTGRES, Source, reader
 
 INVALID, WARNING = "invalid", "warning"
 
@@ -226,20 +225,20 @@ def _when(ts: float) -> str:
     return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def verify_sqlite(path: Path, keys: dict[str, ed25519.Ed25519PublicKey], external: list[Checkpoint] | None) -> VerifyReport:
-    """Verify the SQLite audit store at ``path`` read-only (it is never created or changed)."""
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
-    conn.row_factory = sqlite3.Row
-    try:
-        checkpoints = [Checkpoint.from_mapping(r) for r in conn.execute("SELECT * FROM audit_checkpoints ORDER BY id")]
-        dangling = [tuple(r) for r in conn.execute(
-            "SELECT call_id, writer, seq FROM audit_records i WHERE kind = 'intent' AND NOT EXISTS "
-            "(SELECT 1 FROM audit_records o WHERE o.call_id = i.call_id AND o.kind IN ('outcome', 'refusal')) "
-            "ORDER BY id")]
-        rows = conn.execute("SELECT * FROM audit_records ORDER BY writer, seq")
+def verify_store(source: Source, keys: dict[str, ed25519.Ed25519PublicKey], external: list[Checkpoint] | None) -> VerifyReport:
+    """Verify the audit store read-only (a SQLite file is opened read-only, never created)."""
+    with reader(source, SCHEMA, read_only=True) as (conn, dialect):
+        checkpoints = [Checkpoint.from_mapping(r) for r in conn.execute('SELECT * FROM audit_checkpoints ORDER BY "id"')]
+        dangling = [(r["call_id"], r["writer"], r["seq"]) for r in conn.execute(
+            'SELECT "call_id", "writer", "seq" FROM audit_records i WHERE "kind" = \'intent\' AND NOT EXISTS '
+            '(SELECT 1 FROM audit_records o WHERE o."call_id" = i."call_id" AND o."kind" IN (\'outcome\', \'refusal\')) '
+            'ORDER BY "id"').fetchall()]
+        if dialect is POSTGRES:
+            with conn.transaction(), conn.cursor(name="wardgate_verify") as cursor:  # streamed, not loaded at once
+                cursor.execute('SELECT * FROM audit_records ORDER BY "writer", "seq"')
+                return verify(cursor, checkpoints, keys, external=external, dangling_intents=dangling)
+        rows = conn.execute('SELECT * FROM audit_records ORDER BY "writer", "seq"')
         return verify(rows, checkpoints, keys, external=external, dangling_intents=dangling)
-    finally:
-        conn.close()
 
 
 def render(report: VerifyReport) -> str:

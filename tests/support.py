@@ -21,6 +21,7 @@ from aiohttp import web
 
 from wardgate.gateway.agents import AgentRegistry
 from wardgate.gateway.audit import AuditQuery, query_records
+from wardgate.gateway.audit_setup import audit_source
 from wardgate.gateway.identity import TokenIssuer
 from wardgate.gateway.keys import KeyRing
 from wardgate.gateway.settings import Settings, load_settings
@@ -173,7 +174,7 @@ class Gateway:
         """Audit records (oldest first), waiting up to ``timeout`` for at least ``wait_for`` of them."""
         deadline = time.monotonic() + timeout
         while True:
-            found = list(reversed(query_records(self.settings.audit_db, AuditQuery(call_id=call_id, limit=1000))))
+            found = list(reversed(query_records(audit_source(self.settings), AuditQuery(call_id=call_id, limit=1000))))
             if len(found) >= wait_for or time.monotonic() > deadline:
                 return found
             time.sleep(0.05)
