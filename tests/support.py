@@ -204,6 +204,7 @@ def start_gateway(
     log = root / "gateway.log"
     environment = {**os.environ, "WARDGATE_HOME": str(home), **(env or {})}
     environment.pop("WARDGATE_CONFIG", None)
+    environment.pop("WARDGATE_TEST_PG_DSN", None)  # the harness's, not a setting: wardgate refuses unknown WARDGATE_* keys
     with open(log, "wb") as handle:
         process = subprocess.Popen(
             [sys.executable, "-m", "wardgate.gateway.cli", "--config", str(config), "up",

@@ -69,7 +69,8 @@ def test_kill_9_under_load_loses_no_intent(opa_binary: str, tmp_path: Path, acme
     assert len(received) >= KILL_AFTER and not missing
 
     done = subprocess.run([sys.executable, "-m", "wardgate.gateway.cli", "--home", str(gateway.home), "audit", "verify"],
-                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                          env={k: v for k, v in os.environ.items() if not k.startswith("WARDGATE_TEST_")})
     assert done.returncode == 0, done.stdout + done.stderr
     assert "no clean stop" in done.stdout and "interrupted" in done.stdout
     assert "VALID" in done.stdout

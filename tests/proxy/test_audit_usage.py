@@ -17,6 +17,10 @@ from aiohttp import web
 
 from support import Gateway
 
+
+def gateway_env(gateway: Gateway) -> dict[str, str]:
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("WARDGATE_TEST_")}, "WARDGATE_HOME": str(gateway.home)}
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "gateway"))
 from test_usage import anthropic_sse, sse  # noqa: E402
 
@@ -85,7 +89,7 @@ def test_llm_usage_is_recorded_and_summed_per_user(gateway: Gateway, llm: str, t
     done = subprocess.run(
         [sys.executable, "-m", "wardgate.gateway.cli", "--home", str(gateway.home), "audit", "usage", "--by", "user",
          "--since", "1h", "--format", "json"],
-        capture_output=True, text=True, timeout=60, cwd=tmp_path, env={**os.environ, "WARDGATE_HOME": str(gateway.home)},
+        capture_output=True, text=True, timeout=60, cwd=tmp_path, env=gateway_env(gateway),
     )
     assert done.returncode == 0, done.stderr
     totals = {row["user"]: row for row in json.loads(done.stdout)}
