@@ -84,6 +84,11 @@ def _pg_connect(dsn: str, schema: str, *, timeout: float = 10.0) -> Any:
     except psycopg.Error as exc:
         raise StoreError(f"PostgreSQL audit store unreachable ({type(exc).__name__})") from None
     try:
+        # Never wait forever on a lock someone else holds (readers included).
+        conn.execute(f"SET lock_timeout = {int(timeout * 1000)}")
+        present = conn.execute("SELECT to_regclass('audit_records') IS NOT NULL AND to_regclass('audit_checkpoints') IS NOT NULL AS ok").fetchone()
+        if present["ok"]:
+            return conn  # DDL, even IF NOT EXISTS, would queue behind a writer's table lock
         with conn.transaction():
             # Replicas starting together must not race on CREATE TABLE IF NOT EXISTS.
             conn.execute("SELECT pg_advisory_xact_lock(hashtext('wardgate_audit_schema'))")
@@ -92,7 +97,7 @@ def _pg_connect(dsn: str, schema: str, *, timeout: float = 10.0) -> Any:
                     conn.execute(statement)
     except psycopg.Error as exc:
         conn.close()
-        raise StoreError(f"PostgreSQL audit schema not applied ({type(exc).__name__}: {exc.diag.message_primary})") from None
+        raise StoreError(f"PostgreSQL audit store not usable ({type(exc).__name__}: {exc.diag.message_primary})") from None
     return conn
 
 

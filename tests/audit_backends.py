@@ -6,6 +6,7 @@ database, dropped afterwards. Without the DSN the PostgreSQL cases skip locally 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import uuid
@@ -82,11 +83,11 @@ def _pg_base() -> str | None:
     return os.environ.get("WARDGATE_TEST_PG_DSN")
 
 
-@pytest.fixture(params=BACKENDS)
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    home = tmp_path / "home"
-    home.mkdir()
-    if request.param == "sqlite":
+@contextlib.contextmanager
+def open_store(backend: str, home: Path) -> Iterator[Store]:
+    """A fresh store: the SQLite file under ``home``, or a new PostgreSQL database (dropped after)."""
+    home.mkdir(parents=True, exist_ok=True)
+    if backend == "sqlite":
         yield Store("sqlite", home)
         return
     base = _pg_base()
@@ -103,3 +104,25 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     finally:
         with psycopg.connect(base, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=BACKENDS)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    with open_store(request.param, tmp_path / "home") as opened:
+        yield opened
+
+
+def agent_ready(gateway: Any, upstream_url: str, agent: str) -> None:
+    """Wait until the gateway's agent directory knows ``agent`` (created after start-up, it can take
+    up to the directory's refresh interval): a 407 means not yet."""
+    import time
+
+    import requests
+
+    proxy = gateway.proxy_with(gateway.mint(agent))
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if requests.get(f"{upstream_url}/allowed/warm-up", proxies={"http": proxy}, timeout=10).status_code != 407:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"agent {agent} never became known to the gateway")

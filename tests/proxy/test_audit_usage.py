@@ -15,6 +15,7 @@ import pytest
 import requests
 from aiohttp import web
 
+from audit_backends import agent_ready
 from support import Gateway
 
 
@@ -72,7 +73,9 @@ def llm() -> Iterator[str]:
 
 
 def test_llm_usage_is_recorded_and_summed_per_user(gateway: Gateway, llm: str, tmp_path: Path) -> None:
-    gateway.create_agent("usage-bot", "acme", ["read", "write"]) if not _agent_exists(gateway, "usage-bot") else None
+    if not _agent_exists(gateway, "usage-bot"):
+        gateway.create_agent("usage-bot", "acme", ["read", "write"])
+        agent_ready(gateway, llm.replace("/allowed", ""), "usage-bot")
     calls = [("dora", "openai"), ("dora", "anthropic-sse"), ("erin", "openai-sse"), ("erin", "openai")]
     ids = {}
     for user, kind in calls:
