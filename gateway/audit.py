@@ -409,6 +409,7 @@ class AuditQuery:
     status: int | None = None
     kind: str | None = None
     call_id: str | None = None
+    record_id: str | None = None
     path_contains: str | None = None
     since: float | None = None
     until: float | None = None
@@ -429,6 +430,9 @@ def query_sql(q: AuditQuery, dialect: Dialect = SQLITE) -> tuple[str, list[Any]]
         if value is not None:
             clauses.append(f'"{column}" = ?')
             params.append(value.upper() if column == "method" else value)
+    if q.record_id is not None:
+        clauses.append('"id" = ?')
+        params.append(q.record_id)
     if q.path_contains:
         clauses.append(dialect.contains("path"))
         params.append(q.path_contains)
