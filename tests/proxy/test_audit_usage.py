@@ -18,12 +18,8 @@ from aiohttp import web
 from audit_backends import agent_ready
 from support import Gateway
 
-
-def gateway_env(gateway: Gateway) -> dict[str, str]:
-    return {**{k: v for k, v in os.environ.items() if not k.startswith("WARDGATE_TEST_")}, "WARDGATE_HOME": str(gateway.home)}
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "gateway"))
-from test_usage import anthropic_sse, sse  # noqa: E402
+from test_llm_usage import anthropic_sse, sse  # noqa: E402
 
 BODIES = {
     "openai": ("application/json", json.dumps({"object": "chat.completion", "model": "gpt-x",
@@ -98,6 +94,11 @@ def test_llm_usage_is_recorded_and_summed_per_user(gateway: Gateway, llm: str, t
     totals = {row["user"]: row for row in json.loads(done.stdout)}
     assert totals["dora"] == {"user": "dora", "calls": 2, "input_tokens": 130, "output_tokens": 27, "total_tokens": 157}
     assert totals["erin"] == {"user": "erin", "calls": 2, "input_tokens": 110, "output_tokens": 25, "total_tokens": 135}
+
+
+def gateway_env(gateway: Gateway) -> dict[str, str]:
+    """The CLI's environment: WARDGATE_TEST_* belong to the harness (wardgate refuses unknown settings)."""
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("WARDGATE_TEST_")}, "WARDGATE_HOME": str(gateway.home)}
 
 
 def _agent_exists(gateway: Gateway, name: str) -> bool:
