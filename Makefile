@@ -7,7 +7,7 @@ BIN_DIR := .bin
 OPA_VERSION := v1.22.3
 export PATH := $(CURDIR)/$(BIN_DIR):$(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: run test setup opa node policy-test clean
+.PHONY: run test setup opa node chromium policy-test clean
 
 setup: $(VENV)/.installed opa
 
@@ -26,13 +26,20 @@ tests/node/node_modules/.installed: tests/node/package.json tests/node/package-l
 	@cd tests/node && npm ci --silent --no-audit --no-fund
 	@touch $@
 
+# The audit web page is tested in headless Chromium (Debian's package), installed only if missing.
+chromium:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  { echo "installing chromium from Debian ..." >&2; export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }; } \
+	  || echo "chromium is missing: the audit page test will skip (fail under CI=true)" >&2; }
+
 run: setup
 	@$(VENV)/bin/wardgate up
 
 policy-test: setup
 	@$(VENV)/bin/wardgate policy test
 
-test: setup node
+test: setup node chromium
 	@scripts/postgres.sh $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 clean:

@@ -1,6 +1,7 @@
 """Audit store throughput and commit latency: group commit vs one commit (one disk flush) per record.
 
-    .venv/bin/python bench/audit.py [--callers 32] [--records 4000]
+    .venv/bin/python bench/audit.py [--callers 32] [--records 4000] [--postgres DSN]
+    scripts/postgres.sh .venv/bin/python bench/audit.py --postgres-from-env   # also PostgreSQL
 
 ``callers`` asyncio tasks each commit records one after another, as concurrent calls do on the proxy
 (an intent must be committed before its call is forwarded). Both modes use the real AuditWriter on a
@@ -12,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
+import os
 import statistics
 import tempfile
 import time
@@ -19,10 +22,11 @@ from pathlib import Path
 
 from wardgate.gateway.audit import AuditRecord, AuditWriter, CheckpointPolicy
 from wardgate.gateway.audit_keys import load_or_create_signer
+from wardgate.gateway.audit_store import Postgres
 
 
-async def run(folder: Path, max_batch: int, callers: int, records: int) -> tuple[float, list[float], float]:
-    writer = AuditWriter(folder / "audit.db", max_batch=max_batch,
+async def run(folder: Path, max_batch: int, callers: int, records: int, dsn: str | None = None) -> tuple[float, list[float], float]:
+    writer = AuditWriter(Postgres(dsn) if dsn else folder / "audit.db", max_batch=max_batch,
                          checkpoints=CheckpointPolicy(load_or_create_signer(folder / "keys")))
     writer.start()
     latencies: list[float] = []
@@ -51,13 +55,17 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--callers", type=int, default=32)
     parser.add_argument("--records", type=int, default=4000)
+    parser.add_argument("--postgres", metavar="DSN", help="also measure a PostgreSQL store (a scratch database!)")
+    parser.add_argument("--postgres-from-env", action="store_true", help="take the DSN from WARDGATE_TEST_PG_DSN")
     args = parser.parse_args()
-    for callers, records in ((1, min(args.records, 500)), (args.callers, args.records)):
+    dsn = args.postgres or (os.environ.get("WARDGATE_TEST_PG_DSN") if args.postgres_from_env else None)
+    backends = [("SQLite WAL synchronous=FULL", None)] + ([("PostgreSQL synchronous_commit=on", dsn)] if dsn else [])
+    for (label, backend_dsn), (callers, records) in itertools.product(backends, ((1, min(args.records, 500)), (args.callers, args.records))):
         results = {}
         for name, batch in (("group commit", 512), ("commit per record", 1)):
             with tempfile.TemporaryDirectory(prefix="wardgate-bench-") as folder:
-                results[name] = asyncio.run(run(Path(folder), batch, callers, records))
-        print(f"\n{callers} concurrent caller(s), {records} records, SQLite WAL synchronous=FULL")
+                results[name] = asyncio.run(run(Path(folder), batch, callers, records, backend_dsn))
+        print(f"\n{callers} concurrent caller(s), {records} records, {label}")
         print(f"{'mode':20} {'records/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'records/commit':>15}")
         for name, (rate, latencies, per_batch) in results.items():
             print(f"{name:20} {rate:10.0f} {pct(latencies, 50):8.2f} {pct(latencies, 99):8.2f} {per_batch:15.1f}")

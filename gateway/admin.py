@@ -14,16 +14,20 @@ from dataclasses import dataclass, replace
 
 from aiohttp import web
 
-from . import admin_token, approval_api, token_api
+from . import admin_token, approval_api, audit_page, token_api
 from . import keys as keys_module
 from .agents import AgentDirectory, AgentRegistry
-from .audit import AuditWriter, query_records
+from .audit import AuditQuery, AuditWriter, query_records
+from .audit_keys import load_public_keys
+from .audit_store import store_exists
+from .audit_verify import verify_record
+from .audit_filters import query_from
+from .audit_setup import audit_source, keys_dir
 from .errors import AdminAuthError, BadRequest, NotFound, WardgateError, to_response
 from .keys import KeyRing
 from .revocations import RevocationView
 from .revoker import Revoker
 from .settings import Settings
-from .audit_filters import query_from
 
 
 @dataclass
@@ -211,11 +215,24 @@ async def audit_records(request: web.Request) -> web.Response:
             raise BadRequest("tenant parameter conflicts with the tenant in the path", code="tenant_mismatch")
         params["tenant"] = scoped
     query = replace(query_from(params), before=params.get("cursor") or None)
-    records = await asyncio.to_thread(query_records, request.app[STATE].settings.audit_db, query)
+    records = await asyncio.to_thread(query_records, audit_source(request.app[STATE].settings), query)
     if query.call_id and not records:
         raise NotFound("no audit record with that call id", code="audit_record_not_found")
     next_cursor = records[-1]["id"] if len(records) == query.limit else None
     return web.json_response({"records": records, "next_cursor": next_cursor})
+
+
+async def audit_record(request: web.Request) -> web.Response:
+    """One record and its verification status (its own hash, its link, the checkpoint covering it)."""
+    settings = request.app[STATE].settings
+    keys = await asyncio.to_thread(load_public_keys, [keys_dir(settings)])
+    source = audit_source(settings)
+    record_id = request.match_info["id"]
+    verification = await asyncio.to_thread(verify_record, source, keys, record_id) if store_exists(source) else None
+    if verification is None:
+        raise NotFound("no audit record with that id", code="audit_record_not_found")
+    [record] = await asyncio.to_thread(query_records, source, AuditQuery(record_id=record_id, limit=1))
+    return web.json_response({"record": record, "verification": verification})
 
 
 AUDIT_PARAMETERS = [
@@ -267,6 +284,12 @@ OPENAPI = {
         "/v1/audit/records": {"get": {"security": [{"admin": []}], "parameters": AUDIT_PARAMETERS,
                                       "responses": {"200": {"description": "records and next_cursor"},
                                                     "400": {"description": "invalid filter"}}}},
+        "/v1/audit/records/{id}": {"get": {"security": [{"admin": []}], "parameters": [
+            {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "responses": {"200": {"description": "the record and its verification status"},
+                          "404": {"description": "unknown"}}}},
+        "/ui/audit": {"get": {"summary": "Read-only audit web page (uses the admin API with the admin token)",
+                              "responses": {"200": {"description": "HTML"}}}},
         "/v1/tenants/{tenant}/audit/records": {"get": {"security": [{"admin": []}], "parameters": [
             {"name": "tenant", "in": "path", "required": True, "schema": {"type": "string"}}, *AUDIT_PARAMETERS],
             "responses": {"200": {"description": "one tenant's records and next_cursor"}}}},
@@ -300,4 +323,6 @@ def build_app(state: AdminState) -> web.Application:
     app.router.add_post("/v1/keys/rotate", rotate_keys)
     app.router.add_get("/v1/tenants/{tenant}/audit/records", audit_records)
     app.router.add_post("/v1/tokens", token_api.mint_token)
+    app.router.add_get("/v1/audit/records/{id}", audit_record)
+    audit_page.add_routes(app)
     return app

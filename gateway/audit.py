@@ -22,20 +22,20 @@ import hashlib
 import json
 import logging
 import queue
-import sqlite3
 import threading
 import time
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 from typing import Any, Literal
 
 from .audit_checkpoint import CHECKPOINT_SCHEMA, INSERT_CHECKPOINT, Checkpoint, CheckpointSink, checkpoint_row
 from .audit_keys import CheckpointSigner
 from .audit_spool import Spool
+from .audit_store import (
+    SQLITE, Dialect, Postgres, PostgresWriterStore, Source, SqliteWriterStore, StoreError, quoted, reader, store_exists,
+)
 from .errors import DependencyUnavailable
 from .ids import new_id
 from .metrics import Metrics
-from .sqlite import connect
 
 log = logging.getLogger("wardgate.audit")
 
@@ -129,7 +129,7 @@ _INT_FIELDS = ("port", "status", "bytes_in", "bytes_out", "scrub_count", "replay
 
 _RECORD_FIELDS = [f.name for f in fields(AuditRecord)]
 _COLUMNS = _RECORD_FIELDS + ["writer", "seq", "prev_hash", "hash"]
-_INSERT = f"INSERT INTO audit_records ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
+_INSERT = f"INSERT INTO audit_records ({quoted(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
 
 
 def chain_hash(prev_hash: str, record: AuditRecord) -> str:
@@ -164,7 +164,7 @@ class AuditWriter:
 
     def __init__(
         self,
-        path: Path,
+        path: Source,
         *,
         max_batch: int = 512,
         checkpoints: CheckpointPolicy | None = None,
@@ -253,12 +253,10 @@ class AuditWriter:
 
     # -- writer thread ---------------------------------------------------------------------------
 
-    def _open(self) -> sqlite3.Connection:
-        conn = connect(self._path, schema=SCHEMA)
-        # Group commit makes a full flush per batch affordable: committed means on disk.
-        conn.execute("PRAGMA synchronous=FULL")
-        conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout * 1000)}")
-        return conn
+    def _open(self) -> SqliteWriterStore | PostgresWriterStore:
+        if isinstance(self._path, Postgres):
+            return PostgresWriterStore(self._path.dsn, SCHEMA, self._busy_timeout)
+        return SqliteWriterStore(self._path, SCHEMA, self._busy_timeout)
 
     def _run(self, ready: "queue.SimpleQueue[BaseException | None]") -> None:
         try:
@@ -267,7 +265,7 @@ class AuditWriter:
                 self.spooled = len(self._spool)
             if self._checkpoints is not None:
                 self._checkpoint(conn, "open", raise_errors=True)
-        except (sqlite3.Error, OSError) as exc:
+        except (StoreError, OSError) as exc:
             ready.put(exc)
             return
         ready.put(None)
@@ -314,7 +312,7 @@ class AuditWriter:
             self._checkpoint(conn, "clean_stop")
         conn.close()
 
-    def _insert(self, conn: sqlite3.Connection, records: list[AuditRecord]) -> None:
+    def _insert(self, conn: SqliteWriterStore | PostgresWriterStore, records: list[AuditRecord]) -> None:
         """Chain and commit ``records`` in one transaction; the chain advances only on success."""
         seq, prev = self._seq, self._prev
         rows = []
@@ -325,23 +323,16 @@ class AuditWriter:
             values[_RECORD_FIELDS.index("reasons")] = json.dumps(record.reasons)
             rows.append((*values, self.writer_id, seq, prev, digest))
             prev = digest
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            conn.executemany(_INSERT, rows)
-            conn.execute("COMMIT")
-        except sqlite3.Error:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+        conn.transaction([(_INSERT, rows)])
         self._seq, self._prev = seq, prev
         self.committed += len(records)
         self.batches += 1
 
-    def _write(self, conn: sqlite3.Connection, batch: list[_Item]) -> None:
+    def _write(self, conn: SqliteWriterStore | PostgresWriterStore, batch: list[_Item]) -> None:
         error: BaseException | None = None
         try:
             self._insert(conn, [record for record, _, _ in batch])
-        except sqlite3.Error as exc:
+        except StoreError as exc:
             error = exc
             log.error("audit store write failed (%s records): %s", len(batch), exc)
             # Outcomes and refusals go to the spool; an intent that failed is a refused call
@@ -364,37 +355,31 @@ class AuditWriter:
             self.lost += len(records)
             log.error("%s audit records lost: spool not writable (%s)", len(records), exc.strerror)
 
-    def _replay_spool(self, conn: sqlite3.Connection) -> None:
+    def _replay_spool(self, conn: SqliteWriterStore | PostgresWriterStore) -> None:
         assert self._spool is not None
         records = self._spool.read()
         try:
             if records:
                 # A crash between commit and clear would replay twice: skip ids already stored.
-                present = set()
+                present: set[str] = set()
                 for start in range(0, len(records), 500):
-                    chunk = [r.id for r in records[start:start + 500]]
-                    marks = ",".join("?" * len(chunk))
-                    present.update(row[0] for row in conn.execute(f"SELECT id FROM audit_records WHERE id IN ({marks})", chunk))
+                    present |= conn.existing_ids([r.id for r in records[start:start + 500]])
                 fresh = list({r.id: r for r in records if r.id not in present}.values())
                 if fresh:
                     self._insert(conn, fresh)
             self._spool.clear()
             self.spooled = 0
             log.info("audit spool replayed: %s records", len(records))
-        except sqlite3.Error as exc:
+        except StoreError as exc:
             log.warning("audit spool not replayed yet: %s", exc)
 
-    def _checkpoint(self, conn: sqlite3.Connection, kind: str, *, raise_errors: bool = False) -> None:
+    def _checkpoint(self, conn: SqliteWriterStore | PostgresWriterStore, kind: str, *, raise_errors: bool = False) -> None:
         policy = self._checkpoints
         assert policy is not None
         cp = Checkpoint.signed(policy.signer, writer=self.writer_id, seq=self._seq, hash=self._prev, time=time.time(), kind=kind)
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            conn.execute(INSERT_CHECKPOINT, checkpoint_row(cp))
-            conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
+            conn.transaction([(INSERT_CHECKPOINT, [checkpoint_row(cp)])])
+        except StoreError as exc:
             if raise_errors:
                 raise
             log.warning("audit checkpoint not written: %s", exc)
@@ -429,6 +414,7 @@ class AuditQuery:
     status: int | None = None
     kind: str | None = None
     call_id: str | None = None
+    record_id: str | None = None
     path_contains: str | None = None
     since: float | None = None
     until: float | None = None
@@ -441,37 +427,37 @@ class AuditQuery:
 _EQUALITY = ("agent", "user", "tenant", "run", "host", "method", "decision", "status", "kind", "call_id")
 
 
-def query_sql(q: AuditQuery) -> tuple[str, list[Any]]:
+def query_sql(q: AuditQuery, dialect: Dialect = SQLITE) -> tuple[str, list[Any]]:
     """The SELECT for ``q`` (parameters bound, never interpolated)."""
     clauses, params = [], []
     for column in _EQUALITY:
         value = getattr(q, column)
         if value is not None:
-            clauses.append(f"{column} = ?")
+            clauses.append(f'"{column}" = ?')
             params.append(value.upper() if column == "method" else value)
+    if q.record_id is not None:
+        clauses.append('"id" = ?')
+        params.append(q.record_id)
     if q.path_contains:
-        clauses.append("instr(path, ?) > 0")
+        clauses.append(dialect.contains("path"))
         params.append(q.path_contains)
     for column, op, value in (("time", ">=", q.since), ("time", "<", q.until), ("id", "<", q.before), ("id", ">", q.after)):
         if value is not None:
-            clauses.append(f"{column} {op} ?")
+            clauses.append(f'"{column}" {op} ?')
             params.append(value)
     where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
     order = "ASC" if q.oldest_first else "DESC"
     params.append(max(1, min(q.limit, 10000)))
-    return f"SELECT * FROM audit_records {where} ORDER BY id {order} LIMIT ?", params
+    return dialect.sql(f'SELECT * FROM audit_records {where} ORDER BY "id" {order} LIMIT ?'), params
 
 
-def query_records(path: Path, q: AuditQuery) -> list[dict[str, Any]]:
-    """Newest first (or oldest first). Its own read connection: readers never block the writer under WAL."""
-    if not path.exists():
+def query_records(source: Source, q: AuditQuery) -> list[dict[str, Any]]:
+    """Newest first (or oldest first). Its own read connection: readers never block the writer."""
+    if not store_exists(source):
         return []
-    sql, params = query_sql(q)
-    conn = connect(path, schema=SCHEMA)
-    try:
+    with reader(source, SCHEMA) as (conn, dialect):
+        sql, params = query_sql(q, dialect)
         rows = conn.execute(sql, params).fetchall()
-    finally:
-        conn.close()
     result = []
     for row in rows:
         item = dict(row)

@@ -8,15 +8,16 @@ signature, a deletion at the head of a chain still shows as ``deleted``.
 
 from __future__ import annotations
 
-import sqlite3
+import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any
 
 from .audit import SCHEMA
 from .audit_checkpoint import INSERT_CHECKPOINT, Checkpoint, CheckpointSink, checkpoint_row
 from .audit_keys import CheckpointSigner
-from .sqlite import connect
+from .audit_store import POSTGRES, Dialect, Source, reader
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,35 +27,45 @@ class Pruned:
     records: int
 
 
-def prune(path: Path, signer: CheckpointSigner, before: float, sink: CheckpointSink | None = None) -> list[Pruned]:
+def prune(source: Source, signer: CheckpointSigner, before: float, sink: CheckpointSink | None = None) -> list[Pruned]:
     """Delete records older than ``before`` (epoch seconds), chain by chain, with a prune checkpoint each."""
-    conn = connect(path, schema=SCHEMA)
     done: list[Pruned] = []
     checkpoints: list[Checkpoint] = []
-    try:
-        conn.execute("BEGIN IMMEDIATE")  # the writers wait: the cut and its checkpoint land together
-        writers = [row[0] for row in conn.execute("SELECT DISTINCT writer FROM audit_records WHERE time < ?", (before,))]
-        for writer in writers:
-            keep = conn.execute("SELECT MIN(seq) FROM audit_records WHERE writer = ? AND time >= ?", (writer, before)).fetchone()[0]
-            through = keep - 1 if keep is not None else conn.execute(
-                "SELECT MAX(seq) FROM audit_records WHERE writer = ?", (writer,)).fetchone()[0]
-            last = conn.execute("SELECT hash FROM audit_records WHERE writer = ? AND seq = ?", (writer, through)).fetchone()
-            if last is None:
-                continue  # the record at the cut is already gone: leave it for verify to report
-            count = conn.execute("DELETE FROM audit_records WHERE writer = ? AND seq <= ?", (writer, through)).rowcount
-            cp = Checkpoint.signed(signer, writer=writer, seq=through, hash=last[0], time=time.time(), kind="prune")
-            conn.execute(INSERT_CHECKPOINT, checkpoint_row(cp))
-            checkpoints.append(cp)
-            done.append(Pruned(writer, through, count))
-        conn.execute("COMMIT")
-    except sqlite3.Error:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-    finally:
-        conn.close()
+    with reader(source, SCHEMA) as (conn, dialect):
+        q = dialect.sql
+        with _transaction(conn, dialect):  # the writers wait: the cut and its checkpoint land together
+            writers = [r["writer"] for r in conn.execute(q('SELECT DISTINCT "writer" FROM audit_records WHERE "time" < ?'), (before,)).fetchall()]
+            for writer in writers:
+                keep = conn.execute(q('SELECT MIN("seq") AS s FROM audit_records WHERE "writer" = ? AND "time" >= ?'),
+                                    (writer, before)).fetchone()["s"]
+                through = keep - 1 if keep is not None else conn.execute(
+                    q('SELECT MAX("seq") AS s FROM audit_records WHERE "writer" = ?'), (writer,)).fetchone()["s"]
+                last = conn.execute(q('SELECT "hash" FROM audit_records WHERE "writer" = ? AND "seq" = ?'), (writer, through)).fetchone()
+                if last is None:
+                    continue  # the record at the cut is already gone: leave it for verify to report
+                count = conn.execute(q('DELETE FROM audit_records WHERE "writer" = ? AND "seq" <= ?'), (writer, through)).rowcount
+                cp = Checkpoint.signed(signer, writer=writer, seq=through, hash=last["hash"], time=time.time(), kind="prune")
+                conn.execute(q(INSERT_CHECKPOINT), checkpoint_row(cp))
+                checkpoints.append(cp)
+                done.append(Pruned(writer, through, count))
     if sink is not None:
         for cp in checkpoints:
             sink.emit(cp)
         sink.close()
     return done
+
+
+@contextlib.contextmanager
+def _transaction(conn: Any, dialect: Dialect) -> Iterator[None]:
+    if dialect is POSTGRES:
+        with conn.transaction():
+            conn.execute("LOCK TABLE audit_records IN SHARE ROW EXCLUSIVE MODE")
+            yield
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")

@@ -8,7 +8,18 @@ from .audit import AuditWriter, CheckpointPolicy
 from .audit_checkpoint import CheckpointSink
 from .audit_keys import load_or_create_signer
 from .audit_spool import Spool
+from .audit_store import Postgres, Source
+from .errors import ConfigError
 from .settings import Settings
+
+
+def audit_source(settings: Settings) -> Source:
+    """The configured store: the SQLite file, or the PostgreSQL DSN every replica shares."""
+    if settings.audit.backend == "postgres":
+        if settings.audit.postgres_dsn is None:
+            raise ConfigError("audit.backend is postgres but audit.postgres_dsn is not set", code="config_invalid")
+        return Postgres(settings.audit.postgres_dsn.get_secret_value())
+    return settings.audit_db
 
 
 def keys_dir(settings: Settings) -> Path:
@@ -32,5 +43,5 @@ def build_writer(settings: Settings) -> AuditWriter:
         sink=sink,
     )
     # The writer gives up on a locked store no later than a caller gives up waiting for it.
-    return AuditWriter(settings.audit_db, checkpoints=policy, spool=Spool(spool_path(settings)),
+    return AuditWriter(audit_source(settings), checkpoints=policy, spool=Spool(spool_path(settings)),
                        busy_timeout=audit.commit_timeout)

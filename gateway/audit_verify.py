@@ -25,18 +25,17 @@ them. Without a sink, that is every record after the writer's first checkpoint.
 from __future__ import annotations
 
 import itertools
-import sqlite3
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from .audit import GENESIS, chain_hash, record_from_row
+from .audit import GENESIS, SCHEMA, chain_hash, record_from_row
 from .audit_checkpoint import Checkpoint
 from .audit_keys import signature_valid
+from .audit_store import POSTGRES, Source, reader
 
 INVALID, WARNING = "invalid", "warning"
 
@@ -226,20 +225,20 @@ def _when(ts: float) -> str:
     return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def verify_sqlite(path: Path, keys: dict[str, ed25519.Ed25519PublicKey], external: list[Checkpoint] | None) -> VerifyReport:
-    """Verify the SQLite audit store at ``path`` read-only (it is never created or changed)."""
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
-    conn.row_factory = sqlite3.Row
-    try:
-        checkpoints = [Checkpoint.from_mapping(r) for r in conn.execute("SELECT * FROM audit_checkpoints ORDER BY id")]
-        dangling = [tuple(r) for r in conn.execute(
-            "SELECT call_id, writer, seq FROM audit_records i WHERE kind = 'intent' AND NOT EXISTS "
-            "(SELECT 1 FROM audit_records o WHERE o.call_id = i.call_id AND o.kind IN ('outcome', 'refusal')) "
-            "ORDER BY id")]
-        rows = conn.execute("SELECT * FROM audit_records ORDER BY writer, seq")
+def verify_store(source: Source, keys: dict[str, ed25519.Ed25519PublicKey], external: list[Checkpoint] | None) -> VerifyReport:
+    """Verify the audit store read-only (a SQLite file is opened read-only, never created)."""
+    with reader(source, SCHEMA, read_only=True) as (conn, dialect):
+        checkpoints = [Checkpoint.from_mapping(r) for r in conn.execute('SELECT * FROM audit_checkpoints ORDER BY "id"')]
+        dangling = [(r["call_id"], r["writer"], r["seq"]) for r in conn.execute(
+            'SELECT "call_id", "writer", "seq" FROM audit_records i WHERE "kind" = \'intent\' AND NOT EXISTS '
+            '(SELECT 1 FROM audit_records o WHERE o."call_id" = i."call_id" AND o."kind" IN (\'outcome\', \'refusal\')) '
+            'ORDER BY "id"').fetchall()]
+        if dialect is POSTGRES:
+            with conn.transaction(), conn.cursor(name="wardgate_verify") as cursor:  # streamed, not loaded at once
+                cursor.execute('SELECT * FROM audit_records ORDER BY "writer", "seq"')
+                return verify(cursor, checkpoints, keys, external=external, dangling_intents=dangling)
+        rows = conn.execute('SELECT * FROM audit_records ORDER BY "writer", "seq"')
         return verify(rows, checkpoints, keys, external=external, dangling_intents=dangling)
-    finally:
-        conn.close()
 
 
 def render(report: VerifyReport) -> str:
@@ -261,3 +260,63 @@ def render(report: VerifyReport) -> str:
     lines.append(f"result: {'VALID' if report.valid else f'INVALID ({total} finding(s))'} across {len(report.chains)} chain(s)")
     lines.append(f"limit: {report.limit}")
     return "\n".join(lines)
+
+
+MAX_SEGMENT = 20000  # records walked from one record to the checkpoint that covers it
+
+
+def verify_record(source: Source, keys: dict[str, ed25519.Ed25519PublicKey], record_id: str) -> dict[str, Any] | None:
+    """The verification status of one record, for the web page and the admin API.
+
+    ``verified``: its hash matches, it follows its predecessor, and the chain from it reaches a
+    signed checkpoint intact. ``unconfirmed``: intact so far but after the chain's last valid
+    checkpoint. ``invalid``: any mismatch. None when there is no such record.
+    """
+    with reader(source, SCHEMA, read_only=True) as (conn, dialect):
+        q = dialect.sql
+        row = conn.execute(q("SELECT * FROM audit_records WHERE \"id\" = ?"), (record_id,)).fetchone()
+        if row is None:
+            return None
+        writer, seq = row["writer"], int(row["seq"])
+        checkpoints = [Checkpoint.from_mapping(r) for r in conn.execute(
+            q('SELECT * FROM audit_checkpoints WHERE "writer" = ? ORDER BY "seq"'), (writer,)).fetchall()]
+        genuine = [cp for cp in checkpoints
+                   if cp.key_id in keys and signature_valid(keys[cp.key_id], cp.signature, cp.payload())]
+        problems: list[str] = []
+        if len(genuine) < len(checkpoints):
+            problems.append(f"{len(checkpoints) - len(genuine)} checkpoint(s) of this chain have invalid signatures")
+        if chain_hash(row["prev_hash"], record_from_row(row)) != row["hash"]:
+            problems.append("the record does not match its own hash (edited)")
+        prune = max((cp for cp in genuine if cp.kind == "prune"), key=lambda cp: cp.seq, default=None)
+        if seq == 1 or (prune is not None and seq == prune.seq + 1):
+            expected_prev = GENESIS if seq == 1 else prune.hash  # type: ignore[union-attr]
+            if row["prev_hash"] != expected_prev:
+                problems.append("the record does not follow the start of its chain")
+        else:
+            before = conn.execute(q('SELECT "hash" FROM audit_records WHERE "writer" = ? AND "seq" = ?'), (writer, seq - 1)).fetchone()
+            if before is None:
+                problems.append(f"the record before it (seq {seq - 1}) is missing")
+            elif before["hash"] != row["prev_hash"]:
+                problems.append("the record does not follow its predecessor (inserted, moved or rewritten)")
+        cover = next((cp for cp in genuine if cp.seq >= seq and cp.kind != "prune"), None)
+        status, covered_by = "unconfirmed", None
+        if cover is not None:
+            segment = conn.execute(q('SELECT * FROM audit_records WHERE "writer" = ? AND "seq" >= ? AND "seq" <= ? '
+                                     'ORDER BY "seq" LIMIT ?'), (writer, seq, cover.seq, MAX_SEGMENT)).fetchall()
+            prev, expected = row["prev_hash"], seq
+            for item in segment:
+                if int(item["seq"]) != expected or item["prev_hash"] != prev or \
+                        chain_hash(item["prev_hash"], record_from_row(item)) != item["hash"]:
+                    problems.append(f"the chain is broken at seq {expected} before the covering checkpoint")
+                    break
+                prev, expected = item["hash"], expected + 1
+            else:
+                if expected - 1 != cover.seq or prev != cover.hash:
+                    problems.append(f"the signed {cover.kind} checkpoint at seq {cover.seq} vouches for a different chain")
+            covered_by = {"kind": cover.kind, "seq": cover.seq, "time": cover.time, "key_id": cover.key_id}
+            status = "verified"
+        if problems:
+            status = "invalid"
+        return {"status": status, "writer": writer, "seq": seq, "covered_by": covered_by, "problems": problems,
+                "note": ("signatures checked with the gateway's own public key; for independent assurance run "
+                         "`wardgate audit verify --public-key` with a copy kept elsewhere")}

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .audit import AuditQuery, query_records
+from .audit_setup import audit_source
 from .errors import DependencyUnavailable
 from .identity import TokenIssuer
 from .keys import KeyRing
@@ -86,7 +87,7 @@ def run_demo(say: Callable[[str], None], policies: Path) -> None:
                 say(f"  {title}\n    -> {status} {detail}  (audit id {audit_id})")
             time.sleep(0.3)  # outcome records are committed just after the response
             say("\naudit trail (oldest first):")
-            records = list(reversed(query_records(settings.audit_db, AuditQuery(limit=20))))
+            records = list(reversed(query_records(audit_source(settings), AuditQuery(limit=20))))
             for r in records:
                 say(
                     f"  {r['call_id'][-8:]}  {r['kind']:<8} {r['agent'] or '-':<11} {r['user'] or '-':<6} "

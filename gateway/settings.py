@@ -147,6 +147,9 @@ class AuditSettings(_Section):
     checkpoint_sink_command: list[str] | None = None
     # Outcomes the store could not take are fsync'd here and replayed (default <home>/audit-spool.jsonl).
     spool_file: Path | None = None
+    # "sqlite": <home>/audit.db. "postgres": several replicas share `postgres_dsn`, one chain each.
+    backend: Literal["sqlite", "postgres"] = "sqlite"
+    postgres_dsn: SecretStr | None = None
 
     @field_validator("commit_timeout", "checkpoint_interval", "checkpoint_idle", mode="before")
     @classmethod

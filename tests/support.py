@@ -21,6 +21,7 @@ from aiohttp import web
 
 from wardgate.gateway.agents import AgentRegistry
 from wardgate.gateway.audit import AuditQuery, query_records
+from wardgate.gateway.audit_setup import audit_source
 from wardgate.gateway.identity import TokenIssuer
 from wardgate.gateway.keys import KeyRing
 from wardgate.gateway.settings import Settings, load_settings
@@ -173,7 +174,7 @@ class Gateway:
         """Audit records (oldest first), waiting up to ``timeout`` for at least ``wait_for`` of them."""
         deadline = time.monotonic() + timeout
         while True:
-            found = list(reversed(query_records(self.settings.audit_db, AuditQuery(call_id=call_id, limit=1000))))
+            found = list(reversed(query_records(audit_source(self.settings), AuditQuery(call_id=call_id, limit=1000))))
             if len(found) >= wait_for or time.monotonic() > deadline:
                 return found
             time.sleep(0.05)
@@ -215,8 +216,6 @@ def start_gateway(
     log = root / "gateway.log"
     environment = {**gateway_environ(), "WARDGATE_HOME": str(home), **(env or {})}
     environment.pop("WARDGATE_CONFIG", None)
-    # The test harness's own variable is not gateway configuration (it would be an unknown key).
-    environment.pop("WARDGATE_TEST_PG_DSN", None)
     with open(log, "wb") as handle:
         process = subprocess.Popen(
             [sys.executable, "-m", "wardgate.gateway.cli", "--config", str(config), "up",

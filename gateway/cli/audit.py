@@ -19,9 +19,10 @@ from ..audit_checkpoint import CheckpointSink, read_sink_file
 from ..audit_filters import parse_when, query_from
 from ..audit_keys import load_or_create_signer, load_public_keys
 from ..audit_prune import prune as prune_store
-from ..audit_setup import keys_dir
+from ..audit_setup import audit_source, keys_dir
+from ..audit_store import store_exists
 from ..audit_usage import usage_report
-from ..audit_verify import render, verify_sqlite
+from ..audit_verify import render, verify_store
 from ..errors import NotFound
 from ._context import CliContext, pass_cli, print_json, print_table
 
@@ -86,7 +87,7 @@ def emit(records: list[dict[str, Any]], fmt: str, *, header: bool = True) -> Non
 @pass_cli
 def query(cli: CliContext, limit: int, fmt: str, as_json: bool, **filters: Any) -> None:
     """Newest records first."""
-    records = query_records(cli.settings().audit_db, _query(filters, limit))
+    records = query_records(audit_source(cli.settings()), _query(filters, limit))
     emit(records, "json" if as_json else fmt)
 
 
@@ -99,7 +100,7 @@ def query(cli: CliContext, limit: int, fmt: str, as_json: bool, **filters: Any) 
 @pass_cli
 def tail(cli: CliContext, lines: int, follow: bool, interval: float, fmt: str, **filters: Any) -> None:
     """The latest records, oldest first; with -f, then every new one (Ctrl-C stops)."""
-    path = cli.settings().audit_db
+    path = audit_source(cli.settings())
     base = _query(filters, max(lines, 1))
     records = list(reversed(query_records(path, base)))
     _print_rows(records, fmt)
@@ -128,7 +129,7 @@ def _print_rows(records: list[dict[str, Any]], fmt: str) -> None:
 @pass_cli
 def export(cli: CliContext, output: Path | None, **filters: Any) -> None:
     """Every matching record, oldest first, as JSON Lines (one object per line) for a SIEM."""
-    path = cli.settings().audit_db
+    path = audit_source(cli.settings())
     base = replace(_query(filters, 1000), oldest_first=True)
     handle = open(output, "w") if output else None  # noqa: SIM115
     count, after = 0, None
@@ -162,7 +163,8 @@ def export(cli: CliContext, output: Path | None, **filters: Any) -> None:
 def verify_command(cli: CliContext, public_keys: tuple[Path, ...], sink: Path | None, as_json: bool) -> None:
     """Check every writer's hash chain against its signed checkpoints. Exit 1 on any invalid finding."""
     settings = cli.settings()
-    if not settings.audit_db.exists():
+    source = audit_source(settings)
+    if not store_exists(source):
         raise NotFound(f"no audit store at {settings.audit_db}", code="audit_store_missing")
     keys = load_public_keys(list(public_keys) or [keys_dir(settings)])
     sink = sink or settings.audit.checkpoint_sink_file
@@ -171,7 +173,7 @@ def verify_command(cli: CliContext, public_keys: tuple[Path, ...], sink: Path | 
         external, unreadable = read_sink_file(sink)
         if unreadable:
             click.echo(f"warning: {unreadable} unreadable line(s) in {sink}", err=True)
-    report = verify_sqlite(settings.audit_db, keys, external)
+    report = verify_store(source, keys, external)
     if as_json:
         print_json(report.as_dict())
     else:
@@ -186,7 +188,8 @@ def verify_command(cli: CliContext, public_keys: tuple[Path, ...], sink: Path | 
 def prune(cli: CliContext, before: str, yes: bool) -> None:
     """Delete old records; a signed prune checkpoint per chain keeps the rest verifiable."""
     settings = cli.settings()
-    if not settings.audit_db.exists():
+    source = audit_source(settings)
+    if not store_exists(source):
         raise NotFound(f"no audit store at {settings.audit_db}", code="audit_store_missing")
     cutoff = parse_when(before)
     when = datetime.fromtimestamp(cutoff, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
@@ -195,7 +198,7 @@ def prune(cli: CliContext, before: str, yes: bool) -> None:
     sink = None
     if settings.audit.checkpoint_sink_file or settings.audit.checkpoint_sink_command:
         sink = CheckpointSink(settings.audit.checkpoint_sink_file, settings.audit.checkpoint_sink_command)
-    done = prune_store(settings.audit_db, load_or_create_signer(keys_dir(settings)), cutoff, sink)
+    done = prune_store(source, load_or_create_signer(keys_dir(settings)), cutoff, sink)
     for item in done:
         click.echo(f"chain {item.writer}: {item.records} records removed through seq {item.through_seq}")
     click.echo(f"pruned {sum(i.records for i in done)} records older than {when} from {len(done)} chain(s)")
@@ -209,7 +212,7 @@ def prune(cli: CliContext, before: str, yes: bool) -> None:
 @pass_cli
 def usage(cli: CliContext, by: str, since: str | None, until: str | None, fmt: str) -> None:
     """Token usage LLM APIs reported, summed per user, agent, tenant, run, host or model."""
-    rows = usage_report(cli.settings().audit_db, by, parse_when(since) if since else None,
+    rows = usage_report(audit_source(cli.settings()), by, parse_when(since) if since else None,
                         parse_when(until) if until else None)
     if fmt == "table":
         print_table(rows, [by, "calls", "input_tokens", "output_tokens", "total_tokens"])

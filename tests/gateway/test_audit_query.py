@@ -1,4 +1,4 @@
-"""`wardgate audit query|tail|export|prune` against a real store written by the real AuditWriter."""
+"""`wardgate audit query|tail|export|prune|usage` against a real store written by the real AuditWriter, on both backends."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import asyncio
 import csv
 import io
 import json
-import os
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from audit_backends import Store, store  # noqa: F401  (the fixture)
 from wardgate.gateway.audit import AuditRecord, AuditWriter, CheckpointPolicy
 from wardgate.gateway.audit_checkpoint import CheckpointSink
 from wardgate.gateway.audit_keys import load_or_create_signer
@@ -33,14 +33,14 @@ CALLS = [
 ]
 
 
-def writer_for(home: Path, sink: Path | None = None) -> AuditWriter:
-    policy = CheckpointPolicy(load_or_create_signer(home / "audit-keys"), every=4, interval=3600, idle=3600,
+def writer_for(st: Store, sink: Path | None = None) -> AuditWriter:
+    policy = CheckpointPolicy(load_or_create_signer(st.home / "audit-keys"), every=4, interval=3600, idle=3600,
                               sink=CheckpointSink(sink, None) if sink else None)
-    return AuditWriter(home / "audit.db", checkpoints=policy)
+    return AuditWriter(st.source, checkpoints=policy)
 
 
-async def fill(home: Path, sink: Path | None = None) -> None:
-    writer = writer_for(home, sink)
+async def fill(st: Store, sink: Path | None = None) -> None:
+    writer = writer_for(st, sink)
     writer.start()
     for call_id, agent, user, tenant, run, host, method, decision, status, path, age in CALLS:
         base = dict(call_id=call_id, agent=agent, user=user, tenant=tenant, run=run, host=host, method=method,
@@ -54,13 +54,14 @@ async def fill(home: Path, sink: Path | None = None) -> None:
 
 
 @pytest.fixture
-async def home(tmp_path: Path) -> Path:
-    await fill(tmp_path / "home", tmp_path / "sink" / "checkpoints.jsonl")
-    return tmp_path / "home"
+async def home(store: Store, tmp_path: Path) -> Store:
+    await fill(store, tmp_path / "sink" / "checkpoints.jsonl")
+    return store
 
 
-def run(home: Path, *args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(cli, ["--home", str(home), "audit", *args], catch_exceptions=False)
+def run(st: Store, *args: str) -> tuple[int, str]:
+    env: dict[str, str | None] = {**st.env, "WARDGATE_TEST_PG_DSN": None}
+    result = CliRunner().invoke(cli, ["--home", str(st.home), "audit", *args], catch_exceptions=False, env=env)
     return result.exit_code, result.output
 
 
@@ -85,13 +86,13 @@ QUERIES = [
 
 
 @pytest.mark.parametrize(("args", "expected"), QUERIES, ids=[" ".join(a) or "all" for a, _ in QUERIES])
-async def test_query_filters(home: Path, args: list[str], expected: set[str]) -> None:
+async def test_query_filters(home: Store, args: list[str], expected: set[str]) -> None:
     code, out = run(home, "query", "--format", "jsonl", "--limit", "100", *args)
     assert code == 0, out
     assert {json.loads(line)["call_id"] for line in out.splitlines()} == expected
 
 
-async def test_output_formats_agree(home: Path) -> None:
+async def test_output_formats_agree(home: Store) -> None:
     _, as_json = run(home, "query", "--format", "json", "--agent", "bot-b")
     _, as_jsonl = run(home, "query", "--format", "jsonl", "--agent", "bot-b")
     _, as_csv = run(home, "query", "--format", "csv", "--agent", "bot-b")
@@ -103,7 +104,7 @@ async def test_output_formats_agree(home: Path) -> None:
     assert as_table.splitlines()[0].split()[:3] == ["TIME", "CALL_ID", "KIND"] and "evil.example.org" in as_table
 
 
-async def test_bad_filters_are_refused(home: Path) -> None:
+async def test_bad_filters_are_refused(home: Store) -> None:
     from wardgate.gateway.errors import BadRequest
 
     with pytest.raises(BadRequest):
@@ -112,7 +113,7 @@ async def test_bad_filters_are_refused(home: Path) -> None:
         run(home, "query", "--status", "ok")
 
 
-async def test_export_is_every_record_oldest_first_as_json_lines(home: Path, tmp_path: Path) -> None:
+async def test_export_is_every_record_oldest_first_as_json_lines(home: Store, tmp_path: Path) -> None:
     code, _ = run(home, "export", "--output", str(tmp_path / "siem.jsonl"))
     assert code == 0
     lines = [json.loads(line) for line in (tmp_path / "siem.jsonl").read_text().splitlines()]
@@ -120,38 +121,36 @@ async def test_export_is_every_record_oldest_first_as_json_lines(home: Path, tmp
     assert all({"call_id", "agent", "user", "tenant", "hash", "writer", "seq"} <= set(r) for r in lines)
 
 
-async def test_prune_keeps_the_rest_verifiable(home: Path, tmp_path: Path) -> None:
+async def test_prune_keeps_the_rest_verifiable(home: Store, tmp_path: Path) -> None:
     sink = tmp_path / "sink" / "checkpoints.jsonl"
-    env = {**os.environ, "WARDGATE_AUDIT__CHECKPOINT_SINK_FILE": str(sink)}
-    done = subprocess.run([sys.executable, "-m", "wardgate.gateway.cli", "--home", str(home), "audit", "prune",
+    env = home.environ(WARDGATE_AUDIT__CHECKPOINT_SINK_FILE=str(sink))
+    done = subprocess.run([sys.executable, "-m", "wardgate.gateway.cli", "--home", str(home.home), "audit", "prune",
                            "--before", "5d", "--yes"], capture_output=True, text=True, timeout=60, cwd=tmp_path, env=env)
     assert done.returncode == 0, done.stderr
     assert "pruned 2 records" in done.stdout
     code, out = run(home, "query", "--format", "jsonl")
     assert "c-old" not in out and "c-a1" in out
     assert '"kind":"prune"' in sink.read_text()
-    verify = subprocess.run([sys.executable, "-m", "wardgate.gateway.cli", "--home", str(home), "audit", "verify",
-                             "--sink", str(sink)], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    verify = subprocess.run([sys.executable, "-m", "wardgate.gateway.cli", "--home", str(home.home), "audit", "verify",
+                             "--sink", str(sink)], capture_output=True, text=True, timeout=60, cwd=tmp_path, env=home.environ())
     assert verify.returncode == 0, verify.stdout
     assert "pruned through seq 2" in verify.stdout
     # The same cut without the signed prune checkpoint is a deletion.
-    import sqlite3
-
-    conn = sqlite3.connect(home / "audit.db", isolation_level=None)
+    conn = home.connect()
     conn.execute("DELETE FROM audit_checkpoints WHERE kind = 'prune'")
     conn.close()
-    bad = subprocess.run([sys.executable, "-m", "wardgate.gateway.cli", "--home", str(home), "audit", "verify"],
-                         capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    bad = subprocess.run([sys.executable, "-m", "wardgate.gateway.cli", "--home", str(home.home), "audit", "verify"],
+                         capture_output=True, text=True, timeout=60, cwd=tmp_path, env=home.environ())
     assert bad.returncode == 1 and "deleted" in bad.stdout
 
 
-async def test_tail_follow_prints_new_records(home: Path, tmp_path: Path) -> None:
+async def test_tail_follow_prints_new_records(home: Store, tmp_path: Path) -> None:
     out = tmp_path / "tail.out"
     with open(out, "w") as handle:
         follower = subprocess.Popen(
-            [sys.executable, "-u", "-m", "wardgate.gateway.cli", "--home", str(home), "audit", "tail", "-f",
+            [sys.executable, "-u", "-m", "wardgate.gateway.cli", "--home", str(home.home), "audit", "tail", "-f",
              "-n", "1", "--interval", "0.1", "--kind", "intent"],
-            stdout=handle, stderr=subprocess.STDOUT, cwd=tmp_path,
+            stdout=handle, stderr=subprocess.STDOUT, cwd=tmp_path, env=home.environ(),
         )
 
     def seen() -> list[str]:
@@ -177,3 +176,22 @@ async def test_tail_follow_prints_new_records(home: Path, tmp_path: Path) -> Non
     finally:
         follower.kill()
         follower.wait(10)
+
+
+async def test_usage_sums_tokens_per_group(store: Store) -> None:
+    writer = writer_for(store)
+    writer.start()
+    for call_id, user, model, used in (("u1", "ann", "gpt-x", (10, 5)), ("u2", "ann", "claude-x", (7, 3)), ("u3", "ben", "gpt-x", (1, 1))):
+        usage = json.dumps({"provider": "openai", "model": model, "input_tokens": used[0], "output_tokens": used[1],
+                            "total_tokens": sum(used)})
+        await writer.commit(AuditRecord(call_id=call_id, kind="outcome", user=user, agent="bot", usage=usage, status=200), 5)
+    await writer.commit(AuditRecord(call_id="u4", kind="outcome", user="cyd", agent="bot", status=200), 5)  # no usage
+    await writer.stop()
+    code, out = run(store, "usage", "--by", "user", "--format", "json")
+    assert code == 0, out
+    assert json.loads(out) == [
+        {"user": "ann", "calls": 2, "input_tokens": 17, "output_tokens": 8, "total_tokens": 25},
+        {"user": "ben", "calls": 1, "input_tokens": 1, "output_tokens": 1, "total_tokens": 2},
+    ]
+    code, out = run(store, "usage", "--by", "model", "--format", "json", "--since", "1h")
+    assert {row["model"]: row["total_tokens"] for row in json.loads(out)} == {"gpt-x": 17, "claude-x": 10}

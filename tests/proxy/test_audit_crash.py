@@ -1,6 +1,6 @@
 """kill -9 the gateway under concurrent load: every response a client received has its intent record.
 
-Bounded load on loopback: 6 client threads, at most 60 calls each; the gateway is killed once 60
+Runs on both backends. Bounded load on loopback: 6 client threads, at most 60 calls each; the gateway is killed once 60
 responses have come back. Afterwards ``wardgate audit verify`` must accept the store (nothing was
 tampered with) and say honestly that the chain was interrupted.
 """
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -18,13 +17,15 @@ from pathlib import Path
 
 import requests
 
+from audit_backends import Store, store  # noqa: F401  (the fixture)
 from support import Upstream, start_gateway
 
 THREADS, PER_THREAD, KILL_AFTER = 6, 60, 60
 
 
-def test_kill_9_under_load_loses_no_intent(opa_binary: str, tmp_path: Path, acme_policy: Path, upstream: Upstream) -> None:
-    gateway = start_gateway(tmp_path / "gw", policy_paths=[acme_policy])
+def test_kill_9_under_load_loses_no_intent(opa_binary: str, tmp_path: Path, acme_policy: Path, upstream: Upstream,
+                                           store: Store) -> None:
+    gateway = start_gateway(store.home.parent, policy_paths=[acme_policy], extra_config="\n[audit]\n" + store.config)
     gateway.create_agent("acme-bot", "acme", ["read"])
     proxy = gateway.proxy_with(gateway.mint("acme-bot"))
     received: list[str] = []
@@ -62,14 +63,15 @@ def test_kill_9_under_load_loses_no_intent(opa_binary: str, tmp_path: Path, acme
             except ProcessLookupError:
                 pass
 
-    conn = sqlite3.connect(gateway.settings.audit_db)
-    intents = {row[0] for row in conn.execute("SELECT call_id FROM audit_records WHERE kind = 'intent'")}
+    conn = store.connect()
+    intents = {row["call_id"] for row in conn.execute("SELECT call_id FROM audit_records WHERE kind = 'intent'").fetchall()}
     conn.close()
     missing = [call for call in received if call not in intents]
     assert len(received) >= KILL_AFTER and not missing
 
     done = subprocess.run([sys.executable, "-m", "wardgate.gateway.cli", "--home", str(gateway.home), "audit", "verify"],
-                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                          env=store.environ())
     assert done.returncode == 0, done.stdout + done.stderr
     assert "no clean stop" in done.stdout and "interrupted" in done.stdout
     assert "VALID" in done.stdout

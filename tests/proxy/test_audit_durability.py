@@ -1,7 +1,8 @@
 """No record, no forwarding; and no outcome lost when the store fails after the upstream answered.
 
-The audit database is made unwritable for real: a second SQLite connection holds the write lock
-(``BEGIN EXCLUSIVE``), exactly what a stuck writer or a long-running maintenance job would do.
+The audit store is made unwritable for real: a second connection holds the write lock (SQLite
+``BEGIN EXCLUSIVE``; PostgreSQL ``LOCK TABLE ... IN EXCLUSIVE MODE``), exactly what a stuck writer
+or a long-running maintenance job would do. Runs on both backends.
 """
 
 from __future__ import annotations
@@ -14,28 +15,39 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
 from aiohttp import web
 
+from audit_backends import BACKENDS, Store, agent_ready, open_store
 from support import Gateway, Upstream, start_gateway
 
 
 class StoreLock:
-    """Holds the audit database's write lock from another connection until released."""
+    """Holds the audit store's write lock from another connection until released."""
 
-    def __init__(self, path: Path) -> None:
-        self._conn = sqlite3.connect(path, timeout=10, isolation_level=None, check_same_thread=False)
+    def __init__(self, store: Store) -> None:
+        self._postgres = store.dsn is not None
+        if self._postgres:
+            import psycopg
+
+            self._conn: Any = psycopg.connect(store.dsn)
+        else:
+            self._conn = sqlite3.connect(store.home / "audit.db", timeout=10, isolation_level=None, check_same_thread=False)
         self.held = False
 
     def acquire(self) -> None:
-        self._conn.execute("BEGIN EXCLUSIVE")
+        if self._postgres:
+            self._conn.execute("LOCK TABLE audit_records, audit_checkpoints IN EXCLUSIVE MODE")
+        else:
+            self._conn.execute("BEGIN EXCLUSIVE")
         self.held = True
 
     def release(self) -> None:
         if self.held:
-            self._conn.execute("ROLLBACK")
+            self._conn.rollback() if self._postgres else self._conn.execute("ROLLBACK")
             self.held = False
 
     def close(self) -> None:
@@ -43,13 +55,22 @@ class StoreLock:
         self._conn.close()
 
 
-@pytest.fixture(scope="module")
-def gateway(opa_binary: str, tmp_path_factory: pytest.TempPathFactory, acme_policy: Path, upstream_ca_file: Path) -> Iterator[Gateway]:
-    gw = start_gateway(tmp_path_factory.mktemp("gw-durability"), policy_paths=[acme_policy], upstream_ca=upstream_ca_file,
-                       extra_config='\n[audit]\ncommit_timeout = "400ms"\n')
-    gw.create_agent("acme-bot", "acme", ["read"])
-    yield gw
-    gw.stop()
+@pytest.fixture(scope="module", params=BACKENDS)
+def backend(request: pytest.FixtureRequest, opa_binary: str, tmp_path_factory: pytest.TempPathFactory, acme_policy: Path,
+            upstream_ca_file: Path, upstream: Upstream) -> Iterator[tuple[Gateway, Store]]:
+    root = tmp_path_factory.mktemp("gw-durability")
+    with open_store(request.param, root / "home") as store:
+        gw = start_gateway(root, policy_paths=[acme_policy], upstream_ca=upstream_ca_file,
+                           extra_config='\n[audit]\ncommit_timeout = "400ms"\n' + store.config)
+        gw.create_agent("acme-bot", "acme", ["read"])
+        agent_ready(gw, upstream.http_url, "acme-bot")
+        yield gw, store
+        gw.stop()
+
+
+@pytest.fixture
+def gateway(backend: tuple[Gateway, Store]) -> Gateway:
+    return backend[0]
 
 
 def wait_until(predicate, timeout: float = 20.0) -> bool:  # noqa: ANN001
@@ -69,11 +90,12 @@ def spool_file(gateway: Gateway) -> Path:
     return gateway.home / "audit-spool.jsonl"
 
 
-def test_intent_that_cannot_be_committed_means_503_and_nothing_leaves(gateway: Gateway, upstream: Upstream) -> None:
+def test_intent_that_cannot_be_committed_means_503_and_nothing_leaves(backend: tuple[Gateway, Store], upstream: Upstream) -> None:
+    gateway, store = backend
     path = f"/allowed/{uuid.uuid4()}"
     proxy = gateway.proxy_with(gateway.mint("acme-bot"))
     assert wait_until(lambda: ready(gateway))
-    lock = StoreLock(gateway.settings.audit_db)
+    lock = StoreLock(store)
     lock.acquire()
     try:
         response = requests.get(f"{upstream.http_url}{path}", proxies={"http": proxy}, timeout=15)
@@ -96,9 +118,9 @@ def test_intent_that_cannot_be_committed_means_503_and_nothing_leaves(gateway: G
 
 
 @pytest.fixture
-def locking_upstream(gateway: Gateway) -> Iterator[tuple[str, StoreLock, list[str]]]:
+def locking_upstream(backend: tuple[Gateway, Store]) -> Iterator[tuple[str, StoreLock, list[str]]]:
     """An upstream that takes the audit store's write lock while answering: the outcome cannot be written."""
-    lock = StoreLock(gateway.settings.audit_db)
+    lock = StoreLock(backend[1])
     seen: list[str] = []
     loop = asyncio.new_event_loop()
     started = threading.Event()

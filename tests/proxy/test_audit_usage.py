@@ -15,10 +15,11 @@ import pytest
 import requests
 from aiohttp import web
 
+from audit_backends import agent_ready
 from support import Gateway
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "gateway"))
-from test_usage import anthropic_sse, sse  # noqa: E402
+from test_llm_usage import anthropic_sse, sse  # noqa: E402
 
 BODIES = {
     "openai": ("application/json", json.dumps({"object": "chat.completion", "model": "gpt-x",
@@ -68,7 +69,9 @@ def llm() -> Iterator[str]:
 
 
 def test_llm_usage_is_recorded_and_summed_per_user(gateway: Gateway, llm: str, tmp_path: Path) -> None:
-    gateway.create_agent("usage-bot", "acme", ["read", "write"]) if not _agent_exists(gateway, "usage-bot") else None
+    if not _agent_exists(gateway, "usage-bot"):
+        gateway.create_agent("usage-bot", "acme", ["read", "write"])
+        agent_ready(gateway, llm.replace("/allowed", ""), "usage-bot")
     calls = [("dora", "openai"), ("dora", "anthropic-sse"), ("erin", "openai-sse"), ("erin", "openai")]
     ids = {}
     for user, kind in calls:
@@ -85,12 +88,17 @@ def test_llm_usage_is_recorded_and_summed_per_user(gateway: Gateway, llm: str, t
     done = subprocess.run(
         [sys.executable, "-m", "wardgate.gateway.cli", "--home", str(gateway.home), "audit", "usage", "--by", "user",
          "--since", "1h", "--format", "json"],
-        capture_output=True, text=True, timeout=60, cwd=tmp_path, env={**os.environ, "WARDGATE_HOME": str(gateway.home)},
+        capture_output=True, text=True, timeout=60, cwd=tmp_path, env=gateway_env(gateway),
     )
     assert done.returncode == 0, done.stderr
     totals = {row["user"]: row for row in json.loads(done.stdout)}
     assert totals["dora"] == {"user": "dora", "calls": 2, "input_tokens": 130, "output_tokens": 27, "total_tokens": 157}
     assert totals["erin"] == {"user": "erin", "calls": 2, "input_tokens": 110, "output_tokens": 25, "total_tokens": 135}
+
+
+def gateway_env(gateway: Gateway) -> dict[str, str]:
+    """The CLI's environment: WARDGATE_TEST_* belong to the harness (wardgate refuses unknown settings)."""
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("WARDGATE_TEST_")}, "WARDGATE_HOME": str(gateway.home)}
 
 
 def _agent_exists(gateway: Gateway, name: str) -> bool:
