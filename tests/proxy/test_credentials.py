@@ -195,6 +195,20 @@ def test_rotating_the_master_key_under_a_running_gateway(cred_gateway: Gateway, 
     assert auth_headers(cred_upstream.last(path).headers, "Authorization") == [f"Bearer {TOKEN}"]
 
 
+@pytest.mark.parametrize("client", ["curl", "node"])
+def test_injection_and_scrubbing_from_other_clients(
+    cred_gateway: Gateway, cred_upstream: CredentialUpstream, client: str, tmp_path: Path
+) -> None:
+    from test_call_matrix import CLIENTS  # the real curl and Node (undici) drivers of the call matrix
+
+    path = f"/allowed/{uuid.uuid4()}"
+    proxy = cred_gateway.proxy_with(cred_gateway.mint("acme-bot"))
+    result = CLIENTS[client]("GET", cred_upstream.url(PORT["bearer"], path), proxy, cred_gateway.ca_file, tmp_path)
+    assert result.status == 200, result
+    assert auth_headers(cred_upstream.last(path).headers, "Authorization") == [f"Bearer {TOKEN}"]
+    assert TOKEN not in result.body and "[wardgate:scrubbed]" in result.body
+
+
 def test_query_mechanism_replaces_the_parameter(cred_gateway: Gateway, cred_upstream: CredentialUpstream) -> None:
     path = f"/allowed/{uuid.uuid4()}"
     response = call(cred_gateway, cred_upstream.url(PORT["query"], path + "?api_key=agent&q=1"))
