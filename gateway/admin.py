@@ -9,21 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from aiohttp import web
 
-from . import admin_token
+from . import admin_token, approval_api, token_api
 from . import keys as keys_module
 from .agents import AgentDirectory, AgentRegistry
-from .audit import AuditQuery, AuditWriter, query_records
+from .audit import AuditWriter, query_records
 from .errors import AdminAuthError, BadRequest, NotFound, WardgateError, to_response
 from .keys import KeyRing
 from .revocations import RevocationView
 from .revoker import Revoker
-from .settings import Settings, parse_duration
+from .settings import Settings
+from .audit_filters import query_from
 
 
 @dataclass
@@ -89,13 +89,15 @@ async def jwks(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    state = request.app[STATE]
-    lines = [
-        "# HELP wardgate_audit_queue_depth Audit records queued but not yet committed.",
-        "# TYPE wardgate_audit_queue_depth gauge",
-        f"wardgate_audit_queue_depth {state.audit.pending}",
-    ]
-    return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
+    audit = request.app[STATE].audit
+    gauges = {
+        "wardgate_audit_queue_depth": ("gauge", "Audit records queued but not yet committed.", audit.pending),
+        "wardgate_audit_spooled_records": ("gauge", "Audit records waiting in the local spool (replica unready).", audit.spooled),
+        "wardgate_audit_records_committed_total": ("counter", "Audit records committed by this process.", audit.committed),
+        "wardgate_audit_batches_total": ("counter", "Group-commit transactions by this process.", audit.batches),
+        "wardgate_audit_records_lost_total": ("counter", "Audit records neither stored nor spooled.", audit.lost),
+    }
+    return web.Response(text=audit.metrics.render(gauges), content_type="text/plain")
 
 
 async def list_agents(request: web.Request) -> web.Response:
@@ -197,26 +199,30 @@ async def rotate_keys(request: web.Request) -> web.Response:
 
 
 async def audit_records(request: web.Request) -> web.Response:
-    params = request.query
-    try:
-        limit = int(params.get("limit", "100"))
-        since = parse_duration(params["since"]) if "since" in params else None
-    except ValueError:
-        raise BadRequest("limit must be an integer and since a duration like 2h") from None
-    query = AuditQuery(
-        agent=params.get("agent"),
-        user=params.get("user"),
-        tenant=params.get("tenant"),
-        host=params.get("host"),
-        call_id=params.get("call_id"),
-        since=time.time() - since if since is not None else None,
-        limit=limit,
-    )
+    """The filters of ``wardgate audit query``; newest first; ``cursor`` continues after a page.
+
+    Under ``/v1/tenants/{tenant}/audit/records`` the tenant filter is fixed by the path and a
+    ``tenant`` parameter naming another tenant is refused.
+    """
+    params = dict(request.query)
+    scoped = request.match_info.get("tenant")
+    if scoped is not None:
+        if params.get("tenant") not in (None, scoped):
+            raise BadRequest("tenant parameter conflicts with the tenant in the path", code="tenant_mismatch")
+        params["tenant"] = scoped
+    query = replace(query_from(params), before=params.get("cursor") or None)
     records = await asyncio.to_thread(query_records, request.app[STATE].settings.audit_db, query)
     if query.call_id and not records:
         raise NotFound("no audit record with that call id", code="audit_record_not_found")
-    return web.json_response({"records": records})
+    next_cursor = records[-1]["id"] if len(records) == query.limit else None
+    return web.json_response({"records": records, "next_cursor": next_cursor})
 
+
+AUDIT_PARAMETERS = [
+    {"name": name, "in": "query", "required": False, "schema": {"type": "string"}}
+    for name in ("agent", "user", "tenant", "run", "host", "method", "decision", "status", "kind", "call_id",
+                 "path", "since", "until", "limit", "cursor")
+]
 
 OPENAPI = {
     "openapi": "3.1.0",
@@ -241,7 +247,6 @@ OPENAPI = {
                                                       "schema": {"type": "string"}}],
                                       "responses": {"200": {"description": "agent"},
                                                     "404": {"description": "unknown"}}}},
-        "/v1/audit/records": {"get": {"security": [{"admin": []}], "responses": {"200": {"description": "records"}}}},
         "/v1/revocations": {
             "get": {"security": [{"admin": []}], "summary": "This replica's revocation view",
                     "responses": {"200": {"description": "revocations"}}},
@@ -259,8 +264,18 @@ OPENAPI = {
         "/v1/agents/{name}/disable": {"post": {"security": [{"admin": []}], "responses": {"200": {"description": "agent"}}}},
         "/v1/agents/{name}/enable": {"post": {"security": [{"admin": []}], "responses": {"200": {"description": "agent"}}}},
         "/v1/keys/rotate": {"post": {"security": [{"admin": []}], "responses": {"201": {"description": "new signing kid"}}}},
+        "/v1/audit/records": {"get": {"security": [{"admin": []}], "parameters": AUDIT_PARAMETERS,
+                                      "responses": {"200": {"description": "records and next_cursor"},
+                                                    "400": {"description": "invalid filter"}}}},
+        "/v1/tenants/{tenant}/audit/records": {"get": {"security": [{"admin": []}], "parameters": [
+            {"name": "tenant", "in": "path", "required": True, "schema": {"type": "string"}}, *AUDIT_PARAMETERS],
+            "responses": {"200": {"description": "one tenant's records and next_cursor"}}}},
     },
 }
+
+
+OPENAPI["paths"].update(token_api.OPENAPI_PATHS)
+OPENAPI["paths"].update(approval_api.OPENAPI_PATHS)
 
 
 async def openapi(request: web.Request) -> web.Response:
@@ -283,4 +298,6 @@ def build_app(state: AdminState) -> web.Application:
     app.router.add_get("/v1/revocations", list_revocations)
     app.router.add_post(r"/v1/agents/{name}/{action:disable|enable}", set_agent_status)
     app.router.add_post("/v1/keys/rotate", rotate_keys)
+    app.router.add_get("/v1/tenants/{tenant}/audit/records", audit_records)
+    app.router.add_post("/v1/tokens", token_api.mint_token)
     return app

@@ -17,11 +17,13 @@ import binascii
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import jwt
 
 from .agents import AgentDirectory
 from .errors import IdentityError
+from .issuers import ExternalIssuer
 from .keys import KeyRing, algorithm_for
 from .revocations import RevocationView
 from .settings import IdentitySettings
@@ -108,6 +110,38 @@ def _invalid(message: str, code: str = "identity_invalid") -> IdentityError:
     return IdentityError(message, code=code)
 
 
+def _decode(
+    token: str, key: object, alg: str, audience: str, issuer: str, leeway: float, required: list[str]
+) -> dict[str, Any]:
+    """Signature, exact ``aud`` and ``iss``, times with bounded leeway; each failure its own code."""
+    try:
+        return jwt.decode(
+            token,
+            key,  # type: ignore[arg-type]
+            algorithms=[alg],
+            audience=audience,
+            issuer=issuer,
+            leeway=leeway,
+            options={"require": required, "verify_iat": True},
+        )
+    except jwt.ExpiredSignatureError:
+        raise _invalid("token has expired", "identity_expired") from None
+    except jwt.InvalidAudienceError:
+        raise _invalid("token is meant for another audience", "identity_wrong_audience") from None
+    except jwt.InvalidIssuerError:
+        raise _invalid("token comes from an untrusted issuer", "identity_wrong_issuer") from None
+    except jwt.ImmatureSignatureError:
+        raise _invalid("token is not valid yet", "identity_not_yet_valid") from None
+    except jwt.MissingRequiredClaimError:
+        raise _invalid("token lacks a required claim", "identity_claims_invalid") from None
+    except jwt.InvalidSignatureError:
+        raise _invalid("token signature is invalid") from None
+    except jwt.DecodeError:
+        raise _invalid("token is not a well-formed JWT", "identity_malformed") from None
+    except jwt.PyJWTError:
+        raise _invalid("token signature or claims are invalid") from None
+
+
 class TokenVerifier:
     """Token → :class:`Principal`, or :class:`IdentityError` with a stable code."""
 
@@ -121,22 +155,42 @@ class TokenVerifier:
         settings: IdentitySettings,
         agents: AgentDirectory,
         revocations: RevocationView | None = None,
+        issuers: list[ExternalIssuer] | None = None,
+        cache_size: int = 4096,
     ) -> None:
         self._keys = keys
         self._settings = settings
         self._agents = agents
         self._revocations = revocations
+        self._issuers = {issuer.settings.issuer: issuer for issuer in issuers or []}
         self._keys_loaded_at = time.monotonic()
+        # Verified tokens of our own issuer → Principal. Only the signature and claim checks are
+        # cached; expiry and revocation are checked on every request (check_live).
+        self._cache: dict[str, Principal] = {}
+        self._cache_size = cache_size
 
     async def verify(self, token: str) -> Principal:
+        principal = self._cache.get(token)
+        if principal is None:
+            principal = await self._verify_uncached(token)
+            if self._cache_size and principal.issuer == self._settings.issuer:
+                if len(self._cache) >= self._cache_size:
+                    self._cache.pop(next(iter(self._cache)))  # oldest first
+                self._cache[token] = principal
+        await self.check_live(principal)
+        return principal
+
+    async def _verify_uncached(self, token: str) -> Principal:
+        header = self._header(token)
+        external = self._external_issuer(token) if self._issuers else None
+        if external is not None:
+            return await self._verify_external(token, header, external)
         try:
-            principal = self.verify_signature(token)
+            return self._verify_own(token, header)
         except IdentityError as error:
             if error.code != "identity_unknown_key" or not await self._reload_keys():
                 raise
-            principal = self.verify_signature(token)
-        await self.check_live(principal)
-        return principal
+            return self._verify_own(token, header)
 
     async def _reload_keys(self) -> bool:
         if self._keys.folder is None or time.monotonic() - self._keys_loaded_at < self.KEY_RELOAD_INTERVAL:
@@ -149,52 +203,83 @@ class TokenVerifier:
         return True
 
     def verify_signature(self, token: str, now: float | None = None) -> Principal:
-        settings = self._settings
-        if len(token) > settings.max_token_bytes:
+        """Own-issuer tokens only, without the cache (benchmarks, tests)."""
+        return self._verify_own(token, self._header(token))
+
+    def _header(self, token: str) -> dict[str, object]:
+        if len(token) > self._settings.max_token_bytes:
             raise _invalid("token is larger than the configured maximum", "identity_token_too_large")
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
             raise _invalid("token is not a well-formed JWT", "identity_malformed") from None
+        return header
+
+    @staticmethod
+    def _refuse_key_material(header: dict[str, object]) -> None:
+        if any(name in header for name in _FORBIDDEN_HEADERS):
+            raise _invalid("token header carries key material or critical extensions", "identity_header_refused")
+
+    def _external_issuer(self, token: str) -> ExternalIssuer | None:
+        """Which trusted external issuer the (not yet verified) ``iss`` names, if any."""
+        try:
+            issuer = jwt.decode(token, options={"verify_signature": False}).get("iss")
+        except jwt.PyJWTError:
+            raise _invalid("token is not a well-formed JWT", "identity_malformed") from None
+        if issuer == self._settings.issuer or not isinstance(issuer, str):
+            return None
+        return self._issuers.get(issuer)
+
+    def _verify_own(self, token: str, header: dict[str, object]) -> Principal:
+        settings = self._settings
         alg = header.get("alg")
         if alg not in ALLOWED_ALGORITHMS:
             raise _invalid("token algorithm is not allowed", "identity_algorithm_refused")
         if header.get("typ") != TOKEN_TYPE:
             raise _invalid("token type must be at+jwt", "identity_wrong_type")
-        if any(name in header for name in _FORBIDDEN_HEADERS):
-            raise _invalid("token header carries key material or critical extensions", "identity_header_refused")
-        key = self._keys.public.get(header.get("kid")) if isinstance(header.get("kid"), str) else None
-        if key is None:
+        self._refuse_key_material(header)
+        kid = header.get("kid")
+        key = self._keys.public.get(kid) if isinstance(kid, str) else None
+        if key is None or not isinstance(kid, str):
             raise _invalid("token is signed by an unknown key", "identity_unknown_key")
         if algorithm_for(key) != alg:
             raise _invalid("token algorithm does not match its key", "identity_algorithm_refused")
-        try:
-            claims = jwt.decode(
-                token,
-                key,
-                algorithms=[alg],
-                audience=settings.audience,
-                issuer=settings.issuer,
-                leeway=settings.leeway,
-                options={"require": _REQUIRED_CLAIMS, "verify_iat": True},
-            )
-        except jwt.ExpiredSignatureError:
-            raise _invalid("token has expired", "identity_expired") from None
-        except jwt.InvalidAudienceError:
-            raise _invalid("token is meant for another audience", "identity_wrong_audience") from None
-        except jwt.InvalidIssuerError:
-            raise _invalid("token comes from an untrusted issuer", "identity_wrong_issuer") from None
-        except jwt.ImmatureSignatureError:
-            raise _invalid("token is not valid yet", "identity_not_yet_valid") from None
-        except jwt.MissingRequiredClaimError:
-            raise _invalid("token lacks a required claim", "identity_claims_invalid") from None
-        except jwt.InvalidSignatureError:
-            raise _invalid("token signature is invalid") from None
-        except jwt.DecodeError:
-            raise _invalid("token is not a well-formed JWT", "identity_malformed") from None
-        except jwt.PyJWTError:
-            raise _invalid("token signature or claims are invalid") from None
-        return self._principal(claims, header["kid"])
+        claims = _decode(token, key, str(alg), settings.audience, settings.issuer, settings.leeway, _REQUIRED_CLAIMS)
+        return self._principal(claims, kid)
+
+    async def _verify_external(self, token: str, header: dict[str, object], issuer: ExternalIssuer) -> Principal:
+        trusted = issuer.settings
+        alg = header.get("alg")
+        if not isinstance(alg, str) or alg not in trusted.algorithms:
+            raise _invalid("token algorithm is not allowed for its issuer", "identity_algorithm_refused")
+        typ = header.get("typ", "")
+        if typ not in trusted.token_types:
+            raise _invalid("token type is not accepted for its issuer", "identity_wrong_type")
+        self._refuse_key_material(header)
+        kid = header.get("kid")
+        if not isinstance(kid, str):
+            raise _invalid("token is signed by an unknown key", "identity_unknown_key")
+        key = await issuer.key(kid)
+        if not key.fits(alg):
+            raise _invalid("token algorithm does not match its key", "identity_algorithm_refused")
+        claims = _decode(token, key.key, alg, trusted.audience, trusted.issuer, self._settings.leeway,
+                         ["iss", "aud", "exp", "iat"])
+        if not isinstance(claims["aud"], str):
+            raise _invalid("token must name exactly one audience", "identity_claims_invalid")
+        issued, expires = claims["iat"], claims["exp"]
+        if not isinstance(issued, (int, float)) or not isinstance(expires, (int, float)):
+            raise _invalid("token times must be numbers", "identity_claims_invalid")
+        if expires - issued > self._settings.max_ttl:
+            raise _invalid("token lifetime exceeds the configured cap", "identity_ttl_exceeded")
+        run = claims.get("run")
+        return Principal(
+            **issuer.identity(claims, token),
+            issuer=trusted.issuer,
+            issued_at=float(issued),
+            expires_at=float(expires),
+            run=run if isinstance(run, str) else None,
+            key_id=f"{trusted.issuer}#{kid}",
+        )
 
     def _principal(self, claims: dict[str, object], kid: str) -> Principal:
         settings = self._settings

@@ -131,8 +131,21 @@ class IdentitySettings(_Section):
 class AuditSettings(_Section):
     # How long an allowed call may wait for its intent record to be durably committed.
     commit_timeout: float = 2.0
+    # Signed checkpoints over each writer's chain: every N records, every T seconds while records
+    # arrive, and after `checkpoint_idle` without any (see docs/audit.md).
+    checkpoint_every: int = Field(default=1000, ge=1)
+    checkpoint_interval: float = 10.0
+    checkpoint_idle: float = 1.0
+    # The checkpoint signing key lives outside the database (default <home>/audit-keys).
+    keys_dir: Path | None = None
+    # External checkpoint sinks the database cannot rewrite: a file on another path, a command
+    # (argv list; gets one JSON line on stdin per checkpoint).
+    checkpoint_sink_file: Path | None = None
+    checkpoint_sink_command: list[str] | None = None
+    # Outcomes the store could not take are fsync'd here and replayed (default <home>/audit-spool.jsonl).
+    spool_file: Path | None = None
 
-    @field_validator("commit_timeout", mode="before")
+    @field_validator("commit_timeout", "checkpoint_interval", "checkpoint_idle", mode="before")
     @classmethod
     def _duration(cls, value: Any) -> float:
         return parse_duration(value)
@@ -156,6 +169,69 @@ class RevocationSettings(_Section):
     @classmethod
     def _duration(cls, value: Any) -> float:
         return parse_duration(value)
+
+
+class IdempotencySettings(_Section):
+    # How long a stored response answers retries with the same Idempotency-Key.
+    ttl: float = 86400.0
+    # How long a retry waits for the first attempt still in flight before answering 409.
+    in_flight_wait: float = 10.0
+    # Responses larger than this are not stored; retries then get 409 idempotency_outcome_unknown.
+    max_response_bytes: int = Field(default=1 << 20, ge=0)
+
+    @field_validator("ttl", "in_flight_wait", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> float:
+        return parse_duration(value)
+
+
+class ApprovalSettings(_Section):
+    # How long a parked call waits for a decision before its approval expires.
+    ttl: float = 86400.0
+
+    @field_validator("ttl", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> float:
+        return parse_duration(value)
+
+
+EXTERNAL_ALGORITHMS = ("EdDSA", "ES256", "ES384", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512")
+
+
+class TrustedIssuer(_Section):
+    """An external identity provider (OIDC, SPIFFE JWT-SVID) trusted by issuer + JWKS."""
+
+    issuer: str  # exact `iss`
+    jwks: str  # https URL or a file path
+    audience: str  # exact, single-valued `aud`
+    algorithms: list[str] = ["EdDSA", "ES256", "RS256"]
+    # Accepted `typ` header values; "" accepts a token without one (JWT-SVIDs often omit it).
+    token_types: list[str] = ["at+jwt"]
+    # Claim mapping (dotted paths into the claims): who is the agent, the user, the tenant.
+    agent_claim: str = "act.sub"
+    agent_prefix: str = ""  # e.g. "spiffe://example.org/agent/": required, then stripped
+    user_claim: str = "sub"
+    tenant_claim: str | None = None
+    tenant: str | None = None  # fixed tenant when the issuer has no tenant claim
+    scope_claim: str = "scope"
+    refresh_interval: float = 300.0
+    refetch_min_interval: float = 30.0  # an unknown kid triggers at most one fetch per this interval
+    max_age: float = 3600.0  # the last good key set is used up to this age, then calls fail closed
+    fetch_timeout: float = 5.0
+    unsafe_allow_http: bool = False  # plain-http JWKS URL (tests, loopback only)
+
+    @field_validator("refresh_interval", "refetch_min_interval", "max_age", "fetch_timeout", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> float:
+        return parse_duration(value)
+
+    @field_validator("algorithms")
+    @classmethod
+    def _asymmetric_only(cls, value: list[str]) -> list[str]:
+        refused = [a for a in value if a not in EXTERNAL_ALGORITHMS]
+        if refused or not value:
+            raise ValueError(f"algorithms must be a non-empty subset of {', '.join(EXTERNAL_ALGORITHMS)} (never none or HMAC)")
+        return value
 
 
 class DemoSettings(_Section):
@@ -288,6 +364,9 @@ class Settings(_Section):
     demo: DemoSettings = DemoSettings()
     state: StateSettings = StateSettings()
     revocation: RevocationSettings = RevocationSettings()
+    idempotency: IdempotencySettings = IdempotencySettings()
+    approvals: ApprovalSettings = ApprovalSettings()
+    trusted_issuers: list[TrustedIssuer] = []
     services: dict[str, ServiceSettings] = {}
     vault: VaultSettings = VaultSettings()
     admin_token: SecretStr | None = None

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 from mitmproxy import http
 
 from wardgate.gateway.audit import AuditWriter
+from wardgate.gateway.usage import extract_usage
 
 from .call import KEY, call_of
+from .event_streams import STREAM_SAMPLE
 
 
 class AuditTrail:
@@ -25,6 +28,11 @@ class AuditTrail:
             return
         assert flow.response is not None
         now = time.perf_counter()
+        if flow.response.raw_content is not None:
+            body = flow.response.get_content(strict=False)
+        else:  # streamed through (EventStreams): the head and tail it kept
+            body = flow.metadata.get(STREAM_SAMPLE)
+        usage = extract_usage(flow.response.headers.get("content-type"), body)
         self._audit.record_later(
             call.record(
                 flow,
@@ -34,6 +42,7 @@ class AuditTrail:
                 bytes_out=len(flow.response.raw_content or b""),
                 latency_upstream_ms=(now - call.forwarded_at) * 1000,
                 latency_total_ms=(now - call.started) * 1000,
+                usage=json.dumps(usage, sort_keys=True) if usage else None,
             )
         )
 

@@ -27,6 +27,9 @@ class Call:
     credential_service: str | None = None
     mcp: McpInput | None = None
     step: str | None = None
+    # Set by Idempotency: the caller's key, and whether the response is a stored one replayed.
+    idempotency_key: str | None = None
+    replay: bool = False
     # Occurrences of an injected secret removed from the response (proxy/scrub.py).
     scrub_count: int = 0
 
@@ -45,6 +48,7 @@ class Call:
             path=request.path.split("?", 1)[0] if request.method != "CONNECT" else None,
             latency_policy_ms=self.policy_ms,
             credential_service=self.credential_service,
+            trace_id=flow.metadata.get("wardgate.trace_id"),
             scrub_count=self.scrub_count,
         )
         if principal is not None:
@@ -54,6 +58,8 @@ class Call:
             record.decision = "allow" if decision.allow else "deny"
             record.reasons = list(decision.reasons)
             record.decision_id = decision.decision_id
+        record.step = self.step or request.headers.get("x-wardgate-step")
+        record.idempotency_key, record.replay = self.idempotency_key, int(self.replay)
         for name, value in values.items():
             setattr(record, name, value)
         return record

@@ -3,15 +3,63 @@
 mitmproxy buffers whole responses unless ``flow.response.stream`` is set, which would hold an
 endless ``text/event-stream`` forever (mitmproxy issue 4469). Streaming it also lets a
 revocation cut a live stream by closing its connection (ProxyAuth).
+
+Addons that must see or rewrite a stream (scrubbing, MCP filtering) append a chunk filter
+``bytes -> bytes`` to ``flow.metadata[STREAM_FILTERS]`` in ``responseheaders`` before this addon
+runs; each chunk passes through them in order, and ``b""`` marks the end of the stream. The
+first and last 64 KiB that went out are kept in ``flow.metadata[STREAM_SAMPLE]`` for the outcome
+record (LLM usage is reported in the first and last events of a stream).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from mitmproxy import http
+
+STREAM_FILTERS = "wardgate.stream_filters"
+STREAM_SAMPLE = "wardgate.stream_sample"
+SAMPLE_BYTES = 64 * 1024
+
+ChunkFilter = Callable[[bytes], bytes]
+
+
+class _Relay:
+    def __init__(self, flow: http.HTTPFlow, filters: list[ChunkFilter]) -> None:
+        self._flow = flow
+        self._filters = filters
+        self._head = bytearray()
+        self._tail = bytearray()
+        self._skipped = False
+
+    def __call__(self, chunk: bytes) -> bytes:
+        out = chunk
+        if chunk:
+            for apply in self._filters:
+                out = apply(out) if out else b""
+        else:  # end of stream: each filter gets what the previous one flushed, then the end mark
+            for apply in self._filters:
+                out = (apply(out) if out else b"") + apply(b"")
+        self._keep(out)
+        if not chunk:
+            gap = b"\n\n" if self._skipped else b""
+            self._flow.metadata[STREAM_SAMPLE] = bytes(self._head) + gap + bytes(self._tail)
+        return out
+
+    def _keep(self, data: bytes) -> None:
+        room = SAMPLE_BYTES - len(self._head)
+        if room > 0:
+            self._head += data[:room]
+            data = data[room:]
+        if data:
+            self._tail += data
+            if len(self._tail) > SAMPLE_BYTES:
+                self._skipped = True
+                del self._tail[: len(self._tail) - SAMPLE_BYTES]
 
 
 class EventStreams:
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         response = flow.response
         if response is not None and response.headers.get("content-type", "").startswith("text/event-stream"):
-            response.stream = True
+            response.stream = _Relay(flow, list(flow.metadata.get(STREAM_FILTERS, [])))

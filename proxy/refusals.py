@@ -35,9 +35,9 @@ async def refuse(flow: http.HTTPFlow, error: WardgateError, audit: AuditWriter, 
     if record.decision is None:
         record.decision = "deny" if error.status in (400, 403, 407) else "error"
     try:
-        await audit.commit(record, timeout)
+        await audit.commit(record, timeout, spool_on_failure=True)
     except WardgateError as audit_error:
-        # The call is refused either way; say the record is missing rather than pretend.
-        log.error("refusal of call %s not recorded: %s", call.call_id, audit_error.code)
+        # The call is refused either way; the record follows through the spool if the store is down.
+        log.error("refusal of call %s not committed in time: %s", call.call_id, audit_error.code)
     flow.response = error_response(error, call.call_id)
     flow.metadata["wardgate.refused"] = True

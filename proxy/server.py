@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 from aiohttp import web
 from yarl import URL
 from mitmproxy import master, options
@@ -19,10 +20,14 @@ from mitmproxy.addons import core, errorcheck, next_layer, proxyserver, tlsconfi
 
 from wardgate.gateway import admin, admin_token, oauth_connect
 from wardgate.gateway.agents import AgentDirectory, AgentRegistry
-from wardgate.gateway.audit import AuditWriter
+from wardgate.gateway.audit_setup import build_writer
 from wardgate.gateway.destinations import DestinationGuard
 from wardgate.gateway.echo import build_echo_app
+from wardgate.gateway import approval_api
+from wardgate.gateway.approvals import ApprovalStore
 from wardgate.gateway.identity import TokenVerifier
+from wardgate.gateway.idempotency import IdempotencyStore
+from wardgate.gateway.issuers import ExternalIssuer
 from wardgate.gateway.keys import KeyRing
 from wardgate.gateway.opa_process import ManagedOpa, wait_healthy
 from wardgate.gateway.policy import PolicyClient
@@ -32,12 +37,15 @@ from wardgate.gateway.settings import Settings
 
 from . import protocol_errors
 from .audit_trail import AuditTrail
+from .approval import ApprovalGate
 from .auth import ProxyAuth
 from .credentials import build_credentials
 from .destinations import DestinationCheck, DestinationPin
 from .egress import EgressPolicy
 from .event_streams import EventStreams
+from .idempotency import Idempotency
 from .intent import IntentRecord
+from .trace import TraceContext
 
 log = logging.getLogger("wardgate")
 
@@ -98,7 +106,7 @@ async def serve(settings: Settings, on_ready: Callable[[Listeners], None]) -> No
     registry = AgentRegistry(settings.state_db)
     directory = AgentDirectory(registry)
     await directory.refresh()
-    audit = AuditWriter(settings.audit_db)
+    audit = build_writer(settings)
     audit.start()
     token = settings.admin_token.get_secret_value() if settings.admin_token else admin_token.load_or_create(settings.home / "admin.token")
 
@@ -130,18 +138,23 @@ async def serve(settings: Settings, on_ready: Callable[[Listeners], None]) -> No
         )
 
         async def ready() -> bool:
+            if not audit.healthy:  # outcomes wait in the spool: drain before taking more calls
+                return False
             try:
                 await wait_healthy(opa_url, 0.5)
             except Exception:  # noqa: BLE001 - readiness reports, it never raises
                 return False
             return True
 
+        approvals = ApprovalStore(settings.home / "approvals.db")
+        stack.callback(approvals.close)
         credentials = await stack.enter_async_context(
             build_credentials(settings, keys, audit, settings.audit.commit_timeout)
         )
         admin_app = admin.build_app(
             admin.AdminState(settings, keys, registry, audit, token, ready, revoker, revocations, directory)
         )
+        approval_api.install(admin_app, approvals)
         oauth_connect.add_routes(admin_app, credentials.connector)
         admin_runner, admin_addr = await _start_site(
             admin_app,
@@ -156,7 +169,14 @@ async def serve(settings: Settings, on_ready: Callable[[Listeners], None]) -> No
             )
             stack.push_async_callback(echo_runner.cleanup)
 
-        verifier = TokenVerifier(keys, settings.identity, directory, revocations)
+        issuers: list[ExternalIssuer] = []
+        if settings.trusted_issuers:
+            jwks_session = await stack.enter_async_context(aiohttp.ClientSession())
+            issuers = [ExternalIssuer(trusted, jwks_session) for trusted in settings.trusted_issuers]
+            for issuer in issuers:
+                task = asyncio.create_task(issuer.run(), name=f"jwks {issuer.settings.issuer}")
+                stack.callback(task.cancel)
+        verifier = TokenVerifier(keys, settings.identity, directory, revocations, issuers)
         timeout = settings.audit.commit_timeout
         guard = DestinationGuard(settings.egress.unsafe_allow_ranges, resolve_timeout=settings.egress.resolve_timeout)
         for address in (admin_addr, URL(opa_url).authority):
@@ -166,18 +186,27 @@ async def serve(settings: Settings, on_ready: Callable[[Listeners], None]) -> No
             host, _, port = echo_addr.rpartition(":")
             guard.allow_exactly(host, int(port))
         protocol_errors.install()
+        idempotency_store = IdempotencyStore(settings.home / "idempotency.db")
+        stack.callback(idempotency_store.close)
         auth = ProxyAuth(verifier, audit, timeout, revocations)
         proxy_master = build_master(
             settings,
             [
+                TraceContext(),
                 auth,
                 DestinationCheck(audit, timeout),
                 credentials.binding,
                 EgressPolicy(policy, audit, timeout),
                 DestinationPin(guard, audit, timeout),
                 IntentRecord(audit, timeout),
-                credentials.injector,
+                # `response` hook: scrub the buffered body before Idempotency stores it for replay.
                 credentials.scrubber,
+                # `request` hook, after the body is read and the intent committed:
+                ApprovalGate(approvals, settings.approvals.ttl, audit, timeout),
+                Idempotency(idempotency_store, settings.idempotency, audit, timeout),
+                # `request` hook, last: the credential joins only a call about to leave (approved,
+                # not a replay), and stays out of approval and idempotency fingerprints.
+                credentials.injector,
                 AuditTrail(audit),
                 EventStreams(),
                 credentials.stream_scrubber,

@@ -1,4 +1,10 @@
-"""Agent-side library for wardgate. Imports nothing from ``wardgate.gateway`` or ``wardgate.proxy``."""
+"""Agent-side library for wardgate. Imports nothing from ``wardgate.gateway`` or ``wardgate.proxy``.
+
+- :mod:`wardgate.sdk.runs`    durable runs: checkpointed steps, retries, durable sleep
+- :mod:`wardgate.sdk.stores`  checkpoint stores (SQLite default, PostgreSQL) and ``create(url)``
+- :mod:`wardgate.sdk.tokens`  run tokens that renew themselves before they expire
+- :mod:`wardgate.sdk.http`    an httpx client wired to the proxy, stamping run, step and idempotency key
+"""
 
 from __future__ import annotations
 

@@ -215,6 +215,8 @@ def start_gateway(
     log = root / "gateway.log"
     environment = {**gateway_environ(), "WARDGATE_HOME": str(home), **(env or {})}
     environment.pop("WARDGATE_CONFIG", None)
+    # The test harness's own variable is not gateway configuration (it would be an unknown key).
+    environment.pop("WARDGATE_TEST_PG_DSN", None)
     with open(log, "wb") as handle:
         process = subprocess.Popen(
             [sys.executable, "-m", "wardgate.gateway.cli", "--config", str(config), "up",

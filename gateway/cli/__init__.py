@@ -15,6 +15,7 @@ import click
 from ..errors import WardgateError
 from ._context import CliContext
 from .agents import agents
+from .approvals import approvals
 from .audit import audit
 from .ca import ca
 from .creds import creds
@@ -37,6 +38,8 @@ def cli(ctx: click.Context, config_file: Path | None, home: Path | None) -> None
 
 for command in (up, ca, agents, tokens, policy, audit, demo, keys, runs, creds):
     cli.add_command(command)
+cli.add_command(approvals)
+cli.add_command(runs)
 
 
 def main() -> None:

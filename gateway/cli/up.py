@@ -34,7 +34,7 @@ def banner(settings: Settings, listeners: object) -> str:
         f"  proxy      http://{proxy}",
         f"  admin API  http://{getattr(listeners, 'admin')}   (admin token: {settings.home / 'admin.token'})",
         f"  CA to trust {settings.ca_dir / 'wardgate-ca.pem'}   (wardgate ca path)",
-        f"  audit      wardgate audit query",
+        "  audit      wardgate audit query",
     ]
     echo = getattr(listeners, "echo", None)
     if settings.demo.enabled and echo:

@@ -56,7 +56,7 @@ def test_agents_and_tokens(home: Path) -> None:
         (["tokens", "mint", "--agent", "bot", "--user", "alice", "--ttl", "9h"], "token_ttl_invalid"),
         (["tokens", "mint", "--agent", "bot", "--user", "alice", "--scope", "admin"], "scope_not_allowed"),
         (["tokens", "mint", "--agent", "bot", "--user", "alice", "--ttl", "soon"], "invalid_ttl"),
-        (["audit", "query", "--since", "yesterday"], "invalid_since"),
+        (["audit", "query", "--since", "yesterday"], "invalid_time"),
     ],
 )
 def test_errors_are_one_line_with_a_code(home: Path, args: list[str], code: str) -> None:

@@ -148,8 +148,11 @@ def run_calls_and_search(gw: Gateway, tmp_path: Path, opa_log: Path, up: Credent
     for _ in range(100):  # the gateway re-reads the agent registry at most every 0.2 s
         if session.get(up.plain_url("/allowed/probe"), proxies={"http": proxy}, timeout=10).status_code != 407:
             break
+    replayed = up.url(0, f"/allowed/{uuid.uuid4()}")
     calls = [
         ("allowed, echoed", up.url(0, f"/allowed/{uuid.uuid4()}"), {}, 200),
+        ("idempotent, stored", replayed, {"Idempotency-Key": "canary-1"}, 200),
+        ("idempotent, replayed", replayed, {"Idempotency-Key": "canary-1"}, 200),
         ("allowed, gzip echo", up.url(0, f"/allowed/gzip/{uuid.uuid4()}"), {"Accept-Encoding": "gzip"}, 200),
         ("allowed, header echo", up.url(0, f"/allowed/header/{uuid.uuid4()}"), {}, 200),
         ("event stream echo", up.url(0, f"/allowed/sse/{uuid.uuid4()}"), {}, 200),

@@ -507,3 +507,17 @@ def test_connect_callback_with_an_unknown_state_is_refused(cred_gateway: Gateway
     assert response.status_code == 400 and response.headers["X-Wardgate-Error"] == "oauth_state_invalid"
     unauthenticated = requests.post(f"{cred_gateway.admin}/v1/oauth/connect", json={}, timeout=10)
     assert unauthenticated.status_code == 401
+
+
+def test_an_idempotent_replay_is_the_scrubbed_response(cred_gateway: Gateway, cred_upstream: CredentialUpstream) -> None:
+    """The response is scrubbed before Idempotency stores it, so a replay never carries the secret;
+    the credential joins after the fingerprint, so the retry matches the first request."""
+    path = f"/allowed/{uuid.uuid4()}"
+    key = {"Idempotency-Key": f"idem-{uuid.uuid4()}"}
+    first = call(cred_gateway, cred_upstream.url(PORT["query"], path + "?q=1"), headers=key)
+    second = call(cred_gateway, cred_upstream.url(PORT["query"], path + "?q=1"), headers=key)
+    assert first.status_code == second.status_code == 200
+    assert second.headers.get("X-Wardgate-Replay") == "true", second.headers
+    assert cred_upstream.count(path) == 1
+    for response in (first, second):
+        assert QUERY_KEY not in response.text and "api_key=[wardgate:scrubbed]" in response.text

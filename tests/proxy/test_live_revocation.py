@@ -74,13 +74,16 @@ class StreamingUpstream:
             self.tls_port = tls._server.sockets[0].getsockname()[1]
             ready.set()
             loop.run_forever()
+            loop.run_until_complete(runner.cleanup())  # cancels the endless SSE handler cleanly
 
-        threading.Thread(target=run, daemon=True).start()
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
         assert ready.wait(10)
 
     def stop(self) -> None:
         if self._loop:
             self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
 
 
 @pytest.fixture(scope="module")
@@ -195,7 +198,7 @@ async def test_revocation_closes_a_websocket(gw: Gateway, streams: StreamingUpst
     trust = ssl.create_default_context(cafile=str(gw.ca_file))
     async with aiohttp.ClientSession() as session:
         async with session.ws_connect(f"wss://localhost:{streams.tls_port}/allowed/ws", proxy=gw.proxy_with(token),
-                                      ssl=trust, timeout=10) as ws:
+                                      ssl=trust) as ws:
             await ws.send_str("hello")
             assert (await ws.receive(timeout=10)).data == "echo hello"
             await asyncio.to_thread(revoke_token, gw, token)

@@ -112,8 +112,8 @@ def status(gw: Gateway, upstream: Upstream, token: str) -> tuple[int, str | None
     try:
         response = requests.get(f"{upstream.http_url}/allowed/{uuid.uuid4()}", proxies={"http": gw.proxy_with(token)},
                                 timeout=15)
-    except requests.ConnectionError:
-        # A revocation landing mid-request closes that identity's live connections: not an answer yet.
+    except requests.exceptions.ConnectionError:
+        # A revocation that lands while this request is in flight closes its connection.
         return 0, "connection_closed"
     return response.status_code, response.headers.get("X-Wardgate-Error")
 

@@ -12,9 +12,18 @@ import rego.v1
 
 default decision := {"allow": false, "reasons": ["no_rule_allows"]}
 
-decision := {"allow": true, "reasons": sort([r | some r in allow_reasons])} if {
+decision := object.union({"allow": true, "reasons": sort([r | some r in allow_reasons])}, obligations) if {
 	count(deny_reasons) == 0
 	count(allow_reasons) > 0
+}
+
+# A matching rule with "require_approval": true parks the call until a human approves it.
+default obligations := {}
+
+obligations := {"require_approval": true} if {
+	some rule in tenant_rules
+	rule_matches(rule)
+	object.get(rule, "require_approval", false) == true
 }
 
 decision := {"allow": false, "reasons": sort([r | some r in deny_reasons])} if {

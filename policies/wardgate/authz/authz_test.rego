@@ -65,3 +65,11 @@ test_unknown_tenant_is_denied if {
 	d.allow == false
 	"unknown_tenant" in d.reasons
 }
+
+test_rule_can_require_approval if {
+	d := authz.decision with input as call("acme", ["write"], "POST", "pay.test", 443, "/charge")
+		with data.wardgate.config.tenants as {"acme": {"allow": [{"host": "pay.test", "require_approval": true}]}}
+	d.allow == true
+	d.require_approval == true
+	not decide(call("acme", [], "GET", "api.github.com", 443, "/repos")).require_approval
+}

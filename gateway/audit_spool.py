@@ -1,0 +1,69 @@
+"""A local, fsync'd spool for audit records the store could not take.
+
+When an outcome cannot be committed after the upstream already answered, the response still goes
+to the agent; the record goes here (one JSON line, fsync'd before the writer moves on) and is
+replayed into the store by the writer thread. While the spool holds anything the replica reports
+itself unready, so a load balancer drains it instead of sending more calls into a broken store.
+
+Only the writer thread touches the spool, so it needs no lock.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .audit import AuditRecord
+
+
+class Spool:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __len__(self) -> int:
+        if not self.path.exists():
+            return 0
+        with open(self.path, "rb") as handle:
+            return sum(1 for line in handle if line.strip())
+
+    def append(self, records: list["AuditRecord"]) -> None:
+        """Durably append ``records``; raises OSError when even the spool cannot be written."""
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        data = b"".join(json.dumps(asdict(r), sort_keys=True).encode() + b"\n" for r in records)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def read(self) -> list["AuditRecord"]:
+        from .audit import AuditRecord
+
+        if not self.path.exists():
+            return []
+        records = []
+        for line in self.path.read_bytes().splitlines():
+            if not line.strip():
+                continue
+            try:
+                records.append(AuditRecord(**json.loads(line)))
+            except (ValueError, TypeError):
+                continue  # a torn last line from a crash mid-append: its record was never acknowledged
+        return records
+
+    def clear(self) -> None:
+        """Called only after the spooled records are committed to the store."""
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            return
+        fd = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

@@ -1,0 +1,155 @@
+"""No record, no forwarding; and no outcome lost when the store fails after the upstream answered.
+
+The audit database is made unwritable for real: a second SQLite connection holds the write lock
+(``BEGIN EXCLUSIVE``), exactly what a stuck writer or a long-running maintenance job would do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+from aiohttp import web
+
+from support import Gateway, Upstream, start_gateway
+
+
+class StoreLock:
+    """Holds the audit database's write lock from another connection until released."""
+
+    def __init__(self, path: Path) -> None:
+        self._conn = sqlite3.connect(path, timeout=10, isolation_level=None, check_same_thread=False)
+        self.held = False
+
+    def acquire(self) -> None:
+        self._conn.execute("BEGIN EXCLUSIVE")
+        self.held = True
+
+    def release(self) -> None:
+        if self.held:
+            self._conn.execute("ROLLBACK")
+            self.held = False
+
+    def close(self) -> None:
+        self.release()
+        self._conn.close()
+
+
+@pytest.fixture(scope="module")
+def gateway(opa_binary: str, tmp_path_factory: pytest.TempPathFactory, acme_policy: Path, upstream_ca_file: Path) -> Iterator[Gateway]:
+    gw = start_gateway(tmp_path_factory.mktemp("gw-durability"), policy_paths=[acme_policy], upstream_ca=upstream_ca_file,
+                       extra_config='\n[audit]\ncommit_timeout = "400ms"\n')
+    gw.create_agent("acme-bot", "acme", ["read"])
+    yield gw
+    gw.stop()
+
+
+def wait_until(predicate, timeout: float = 20.0) -> bool:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def ready(gateway: Gateway) -> bool:
+    return requests.get(f"{gateway.admin}/readyz", timeout=5).status_code == 200
+
+
+def spool_file(gateway: Gateway) -> Path:
+    return gateway.home / "audit-spool.jsonl"
+
+
+def test_intent_that_cannot_be_committed_means_503_and_nothing_leaves(gateway: Gateway, upstream: Upstream) -> None:
+    path = f"/allowed/{uuid.uuid4()}"
+    proxy = gateway.proxy_with(gateway.mint("acme-bot"))
+    assert wait_until(lambda: ready(gateway))
+    lock = StoreLock(gateway.settings.audit_db)
+    lock.acquire()
+    try:
+        response = requests.get(f"{upstream.http_url}{path}", proxies={"http": proxy}, timeout=15)
+        assert response.status_code == 503
+        assert response.headers["X-Wardgate-Error"] == "audit_unavailable"
+        call_id = response.json()["error"]["audit_id"]
+        assert call_id and response.headers["X-Wardgate-Audit-Id"] == call_id
+        assert upstream.count(path) == 0
+        # The refusal itself could not be stored either: it waits in the spool, and the replica says so.
+        assert wait_until(lambda: not ready(gateway))
+        assert call_id in spool_file(gateway).read_text()
+    finally:
+        lock.release()
+        lock.close()
+    assert wait_until(lambda: ready(gateway))
+    refusal = [r for r in gateway.records(call_id, wait_for=1) if r["kind"] == "refusal"]
+    assert refusal and refusal[0]["error"] == "audit_unavailable" and refusal[0]["status"] == 503
+    assert not spool_file(gateway).exists()
+    assert upstream.count(path) == 0
+
+
+@pytest.fixture
+def locking_upstream(gateway: Gateway) -> Iterator[tuple[str, StoreLock, list[str]]]:
+    """An upstream that takes the audit store's write lock while answering: the outcome cannot be written."""
+    lock = StoreLock(gateway.settings.audit_db)
+    seen: list[str] = []
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+    port: list[int] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        seen.append(request.path)
+        await asyncio.to_thread(lock.acquire)
+        return web.json_response({"answered": True})
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", handle)
+        runner = web.AppRunner(app, access_log=None)
+        loop.run_until_complete(runner.setup())
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        loop.run_until_complete(site.start())
+        port.append(site._server.sockets[0].getsockname()[1])
+        started.set()
+        loop.run_forever()
+        loop.run_until_complete(runner.cleanup())
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    assert started.wait(10)
+    yield f"http://127.0.0.1:{port[0]}", lock, seen
+    lock.close()
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+
+
+def test_outcome_the_store_refuses_is_delivered_spooled_and_replayed(
+    gateway: Gateway, locking_upstream: tuple[str, StoreLock, list[str]]
+) -> None:
+    url, lock, seen = locking_upstream
+    path = f"/allowed/{uuid.uuid4()}"
+    assert wait_until(lambda: ready(gateway))
+    response = requests.get(f"{url}{path}", proxies={"http": gateway.proxy_with(gateway.mint("acme-bot"))}, timeout=15)
+    try:
+        assert response.status_code == 200 and response.json() == {"answered": True}  # delivered regardless
+        call_id = response.headers["X-Wardgate-Audit-Id"]
+        assert seen == [path]
+        assert wait_until(lambda: not ready(gateway))
+        spooled = [json.loads(line) for line in spool_file(gateway).read_text().splitlines()]
+        assert any(r["call_id"] == call_id and r["kind"] == "outcome" and r["status"] == 200 for r in spooled)
+        assert [r["kind"] for r in gateway.records(call_id, wait_for=1)] == ["intent"]  # committed before forwarding
+    finally:
+        lock.release()
+    assert wait_until(lambda: ready(gateway))
+    records = gateway.records(call_id, wait_for=2)
+    assert [r["kind"] for r in records] == ["intent", "outcome"]
+    assert records[1]["status"] == 200
+    assert not spool_file(gateway).exists()

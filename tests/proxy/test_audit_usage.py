@@ -1,0 +1,107 @@
+"""LLM responses through the real gateway: the outcome record carries their usage; `audit usage` sums it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+from aiohttp import web
+
+from support import Gateway
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "gateway"))
+from test_usage import anthropic_sse, sse  # noqa: E402
+
+BODIES = {
+    "openai": ("application/json", json.dumps({"object": "chat.completion", "model": "gpt-x",
+               "usage": {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120}}).encode()),
+    "openai-sse": ("text/event-stream", sse({"model": "gpt-x", "choices": [], "usage":
+                   {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}}, done=True)),
+    "anthropic-sse": ("text/event-stream", anthropic_sse(30, 7)),
+}
+
+
+@pytest.fixture(scope="module")
+def llm() -> Iterator[str]:
+    """A loopback upstream that answers like the LLM APIs do."""
+    loop = asyncio.new_event_loop()
+    started, port = threading.Event(), []
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        content_type, body = BODIES[request.match_info["kind"]]
+        if content_type == "text/event-stream":  # sent in chunks, as a real stream is
+            response = web.StreamResponse(headers={"Content-Type": content_type})
+            await response.prepare(request)
+            for start in range(0, len(body), 40):
+                await response.write(body[start:start + 40])
+            await response.write_eof()
+            return response
+        return web.Response(body=body, content_type=content_type)
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        app = web.Application()
+        app.router.add_post("/allowed/v1/{kind}", handle)
+        runner = web.AppRunner(app, access_log=None)
+        loop.run_until_complete(runner.setup())
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        loop.run_until_complete(site.start())
+        port.append(site._server.sockets[0].getsockname()[1])
+        started.set()
+        loop.run_forever()
+        loop.run_until_complete(runner.cleanup())
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    assert started.wait(10)
+    yield f"http://127.0.0.1:{port[0]}"
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+
+
+def test_llm_usage_is_recorded_and_summed_per_user(gateway: Gateway, llm: str, tmp_path: Path) -> None:
+    gateway.create_agent("usage-bot", "acme", ["read", "write"]) if not _agent_exists(gateway, "usage-bot") else None
+    calls = [("dora", "openai"), ("dora", "anthropic-sse"), ("erin", "openai-sse"), ("erin", "openai")]
+    ids = {}
+    for user, kind in calls:
+        proxy = gateway.proxy_with(gateway.mint("usage-bot", user=user, scopes=["read", "write"]))
+        response = requests.post(f"{llm}/allowed/v1/{kind}", json={"messages": []}, proxies={"http": proxy}, timeout=10)
+        assert response.status_code == 200
+        assert response.content == BODIES[kind][1]  # the agent gets the body untouched
+        ids[(user, kind)] = response.headers["X-Wardgate-Audit-Id"]
+    outcome = [r for r in gateway.records(ids[("dora", "anthropic-sse")], wait_for=2) if r["kind"] == "outcome"][0]
+    assert json.loads(outcome["usage"]) == {"provider": "anthropic", "model": "claude-x", "input_tokens": 30,
+                                            "output_tokens": 7, "total_tokens": 37}
+    for call_id in ids.values():
+        gateway.records(call_id, wait_for=2)
+    done = subprocess.run(
+        [sys.executable, "-m", "wardgate.gateway.cli", "--home", str(gateway.home), "audit", "usage", "--by", "user",
+         "--since", "1h", "--format", "json"],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path, env={**os.environ, "WARDGATE_HOME": str(gateway.home)},
+    )
+    assert done.returncode == 0, done.stderr
+    totals = {row["user"]: row for row in json.loads(done.stdout)}
+    assert totals["dora"] == {"user": "dora", "calls": 2, "input_tokens": 130, "output_tokens": 27, "total_tokens": 157}
+    assert totals["erin"] == {"user": "erin", "calls": 2, "input_tokens": 110, "output_tokens": 25, "total_tokens": 135}
+
+
+def _agent_exists(gateway: Gateway, name: str) -> bool:
+    from wardgate.gateway.agents import AgentRegistry
+    from wardgate.gateway.errors import NotFound
+
+    registry = AgentRegistry(gateway.settings.state_db)
+    try:
+        registry.get(name)
+        return True
+    except NotFound:
+        return False
+    finally:
+        registry.close()
