@@ -507,6 +507,8 @@ def test_connect_callback_with_an_unknown_state_is_refused(cred_gateway: Gateway
     assert response.status_code == 400 and response.headers["X-Wardgate-Error"] == "oauth_state_invalid"
     unauthenticated = requests.post(f"{cred_gateway.admin}/v1/oauth/connect", json={}, timeout=10)
     assert unauthenticated.status_code == 401
+    paths = requests.get(f"{cred_gateway.admin}/openapi.json", timeout=10).json()["paths"]
+    assert {"/v1/oauth/connect", "/v1/oauth/connect/{state}", "/oauth/callback"} <= set(paths)
 
 
 def test_an_idempotent_replay_is_the_scrubbed_response(cred_gateway: Gateway, cred_upstream: CredentialUpstream) -> None:
