@@ -8,7 +8,8 @@ Addons that must see or rewrite a stream (scrubbing, MCP filtering) append a chu
 ``bytes -> bytes`` to ``flow.metadata[STREAM_FILTERS]`` in ``responseheaders`` before this addon
 runs; each chunk passes through them in order, and ``b""`` marks the end of the stream. The
 first and last 64 KiB that went out are kept in ``flow.metadata[STREAM_SAMPLE]`` for the outcome
-record (LLM usage is reported in the first and last events of a stream).
+record (LLM usage is reported in the first and last events of a stream). Addons that run after
+this one in ``responseheaders`` (the credential scrubber) call ``flow.response.stream.prepend``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,11 @@ STREAM_FILTERS = "wardgate.stream_filters"
 STREAM_SAMPLE = "wardgate.stream_sample"
 SAMPLE_BYTES = 64 * 1024
 
-ChunkFilter = Callable[[bytes], bytes]
+ChunkFilter = Callable[[bytes], "bytes | list[bytes]"]
+
+
+def _joined(out: bytes | list[bytes]) -> bytes:
+    return out if isinstance(out, bytes) else b"".join(out)
 
 
 class _Relay:
@@ -32,19 +37,24 @@ class _Relay:
         self._tail = bytearray()
         self._skipped = False
 
-    def __call__(self, chunk: bytes) -> bytes:
+    def prepend(self, apply: ChunkFilter) -> None:
+        """Run ``apply`` first on every chunk (used by addons that act after EventStreams)."""
+        self._filters.insert(0, apply)
+
+    def __call__(self, chunk: bytes) -> list[bytes]:
+        """Chunks to send; never an empty one, which chunked framing would read as the end."""
         out = chunk
         if chunk:
             for apply in self._filters:
-                out = apply(out) if out else b""
+                out = _joined(apply(out)) if out else b""
         else:  # end of stream: each filter gets what the previous one flushed, then the end mark
             for apply in self._filters:
-                out = (apply(out) if out else b"") + apply(b"")
+                out = (_joined(apply(out)) if out else b"") + _joined(apply(b""))
         self._keep(out)
         if not chunk:
             gap = b"\n\n" if self._skipped else b""
             self._flow.metadata[STREAM_SAMPLE] = bytes(self._head) + gap + bytes(self._tail)
-        return out
+        return [out] if out else []
 
     def _keep(self, data: bytes) -> None:
         room = SAMPLE_BYTES - len(self._head)

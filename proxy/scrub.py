@@ -140,7 +140,11 @@ class StreamScrubber:
         if decode is None:
             response.stream = False  # unknown encoding: buffered, then refused
             return
-        response.stream = StreamingScrub(pattern, len(injected.forms[0]), decode, call)
+        scrub = StreamingScrub(pattern, len(injected.forms[0]), decode, call)
+        if hasattr(response.stream, "prepend"):  # an event stream relayed by EventStreams: scrub first
+            response.stream.prepend(scrub)
+        else:
+            response.stream = scrub
         for name in ("content-length", "content-encoding"):
             response.headers.pop(name, None)
         response.headers["transfer-encoding"] = "chunked"
