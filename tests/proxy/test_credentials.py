@@ -523,3 +523,15 @@ def test_an_idempotent_replay_is_the_scrubbed_response(cred_gateway: Gateway, cr
     assert cred_upstream.count(path) == 1
     for response in (first, second):
         assert QUERY_KEY not in response.text and "api_key=[wardgate:scrubbed]" in response.text
+
+
+def test_a_refused_response_is_replayed_not_resent(cred_gateway: Gateway, cred_upstream: CredentialUpstream) -> None:
+    """The upstream saw the request before its answer was refused as uninspectable: a retry with the
+    same Idempotency-Key gets the same refusal back and never reaches the upstream again."""
+    path = f"/allowed/weird/{uuid.uuid4()}"
+    headers = {"Idempotency-Key": f"key-{uuid.uuid4()}"}
+    first = call(cred_gateway, cred_upstream.url(PORT["bearer"], path), headers=headers)
+    again = call(cred_gateway, cred_upstream.url(PORT["bearer"], path), headers=headers)
+    assert first.headers["X-Wardgate-Error"] == again.headers["X-Wardgate-Error"] == "response_uninspectable"
+    assert again.headers.get("X-Wardgate-Replay") == "true"
+    assert cred_upstream.count(path) == 1
