@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 
 from aiohttp import web
 
-from . import admin_token, approval_api, audit_page, token_api
+from . import admin_token, approval_api, audit_page, oauth_connect, token_api
 from . import keys as keys_module
 from .agents import AgentDirectory, AgentRegistry
 from .audit import AuditQuery, AuditWriter, query_records
@@ -299,6 +299,7 @@ OPENAPI = {
 
 OPENAPI["paths"].update(token_api.OPENAPI_PATHS)
 OPENAPI["paths"].update(approval_api.OPENAPI_PATHS)
+OPENAPI["paths"].update(oauth_connect.OPENAPI_PATHS)
 
 
 async def openapi(request: web.Request) -> web.Response:

@@ -174,3 +174,16 @@ def add_routes(app: web.Application, connector: OAuthConnector) -> None:
     app.router.add_post("/v1/oauth/connect", start_flow)
     app.router.add_get("/v1/oauth/connect/{state}", flow_status)
     app.router.add_get(CALLBACK_PATH, callback)
+
+
+_ADMIN = [{"admin": []}]
+OPENAPI_PATHS = {
+    "/v1/oauth/connect": {"post": {"security": _ADMIN, "summary": "Start an OAuth authorization-code flow (PKCE)",
+                                   "responses": {"201": {"description": "state and authorization_url"},
+                                                 "400": {"description": "service has no OAuth server"}}}},
+    "/v1/oauth/connect/{state}": {"get": {"security": _ADMIN, "summary": "A connect flow's status",
+                                          "responses": {"200": {"description": "pending, connected or failed"},
+                                                        "404": {"description": "unknown or expired"}}}},
+    CALLBACK_PATH: {"get": {"summary": "Redirect target of the authorization server (state-bound, single use)",
+                            "responses": {"200": {"description": "connected"}, "400": {"description": "failed"}}}},
+}

@@ -35,6 +35,7 @@ _UNSTORED = {"connection", "keep-alive", "transfer-encoding", "x-wardgate-audit-
 _POLL = 0.05
 # Expired records are also dropped lazily per key; this bounds the table for one-off keys.
 _PURGE_EVERY = 500
+UPSTREAM_ANSWERED = "wardgate.idempotency.upstream_answered"
 
 
 def _connected(flow: http.HTTPFlow) -> bool:
@@ -137,6 +138,11 @@ class Idempotency:
         response.headers["X-Wardgate-Replay-Of"] = stored.call_id
         flow.response = response
 
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        # Only responses that come from the upstream pass through this hook.
+        if CLAIM in flow.metadata:
+            flow.metadata[UPSTREAM_ANSWERED] = True
+
     async def response(self, flow: http.HTTPFlow) -> None:
         claim = flow.metadata.pop(CLAIM, None)
         if claim is None or flow.response is None:
@@ -145,10 +151,13 @@ class Idempotency:
         response = flow.response
         body = response.raw_content or b""
         try:
-            if flow.metadata.get("wardgate.refused") or not _connected(flow):
-                # Answered at the gateway by a later addon: nothing went out, so a retry may.
+            if not flow.metadata.get(UPSTREAM_ANSWERED):
+                # Answered at the gateway before anything went out: a retry may send it.
                 await asyncio.to_thread(self._store.release, scope, key, self._owner)
                 return
+            # From here the upstream has seen the request. A refusal made after it answered (an
+            # uninspectable response) is stored like any answer: a retry gets the same refusal
+            # rather than a second upstream call.
             if len(body) > self._settings.max_response_bytes:
                 await asyncio.to_thread(self._store.mark_unknown, scope, key, self._owner)
                 return

@@ -7,9 +7,12 @@ Two addons around EgressPolicy:
   binds on the destination the proxy really connects to, and refuses a placeholder marker sent
   anywhere but a destination bound to that service (``credential_placeholder_misplaced``): it is
   never forwarded.
-- ``CredentialInjector`` (after IntentRecord, so only allowed, recorded calls) removes whatever the agent
-  sent for the service's credential (its header, the configured extra headers and cookies, the
-  query parameter) and sets the user's credential once. Lookup failures refuse the call.
+- ``CredentialInjector`` (``request`` hook, last: after IntentRecord, ApprovalGate and Idempotency,
+  so only allowed, recorded, approved calls that are not replays) removes whatever the agent sent
+  for the service's credential (its header, the configured extra headers and cookies, the query
+  parameter) and sets the user's credential once. Lookup failures refuse the call. Running last
+  keeps the credential out of approval and idempotency fingerprints (a refreshed token does not
+  turn a retry into a different request).
 
 Plain HTTP, another port, another host: no binding, so nothing is injected. Upstream TLS is always
 verified by mitmproxy before the request (and its credential) is sent. Redirects are answered to
@@ -126,15 +129,7 @@ class CredentialInjector:
         self._audit = audit
         self._audit_timeout = audit_timeout
 
-    async def requestheaders(self, flow: http.HTTPFlow) -> None:
-        if not call_of(flow).decide_on_body:
-            await self._inject(flow)
-
     async def request(self, flow: http.HTTPFlow) -> None:
-        if call_of(flow).decide_on_body:  # MCP: decided and recorded once the body was read
-            await self._inject(flow)
-
-    async def _inject(self, flow: http.HTTPFlow) -> None:
         binding: Binding | None = flow.metadata.get(BINDING)
         call = call_of(flow)
         if binding is None or flow.response is not None or call.forwarded_at is None or call.principal is None:

@@ -11,8 +11,9 @@ record (``scrub_count``). Two addons, because the body is seen in two ways:
   is scrubbed in flight: decoded (gzip, deflate, br, zstd) and searched chunk by chunk, holding
   back the last ``len(longest form) - 1`` bytes so a secret split across chunks is still found;
   it goes out chunked and decoded. Everything else is buffered.
-- ``ResponseScrubber`` (``response``, before AuditTrail): scrubs a buffered body after decoding it
-  (chunked bodies arrive reassembled).
+- ``ResponseScrubber`` (``response``, before Idempotency and AuditTrail, so neither a stored
+  replay nor the outcome record sees an unscrubbed body or a stale count): scrubs a buffered body
+  after decoding it (chunked bodies arrive reassembled).
 
 A response that cannot be inspected safely is refused with 502 ``response_uninspectable`` rather
 than passed through: a content-encoding wardgate cannot decode (buffered first, then refused), or,

@@ -212,12 +212,14 @@ async def serve(settings: Settings, on_ready: Callable[[Listeners], None]) -> No
                 EgressPolicy(policy, audit, timeout),
                 DestinationPin(guard, audit, timeout),
                 IntentRecord(audit, timeout),
-                credentials.injector,
-                # Before Idempotency, whose `response` hook stores the body for replays.
+                # `response` hook: scrub the buffered body before Idempotency stores it for replay.
                 credentials.scrubber,
                 # `request` hook, after the body is read and the intent committed:
                 ApprovalGate(approvals, settings.approvals.ttl, audit, timeout),
                 Idempotency(idempotency_store, settings.idempotency, audit, timeout),
+                # `request` hook, last: the credential joins only a call about to leave (approved,
+                # not a replay), and stays out of approval and idempotency fingerprints.
+                credentials.injector,
                 AuditTrail(audit),
                 EventStreams(),
                 credentials.stream_scrubber,

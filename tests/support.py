@@ -53,6 +53,7 @@ class SeenRequest:
     path: str
     headers: dict[str, str]
     body: bytes
+    peer_port: int | None = None  # the connecting side's port: one per upstream connection
 
 
 @dataclass
@@ -76,7 +77,8 @@ class Upstream:
 
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.read()
-        self.seen.append(SeenRequest(request.method, request.path_qs, dict(request.headers), body))
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        self.seen.append(SeenRequest(request.method, request.path_qs, dict(request.headers), body, peer[1] if peer else None))
         if request.path.startswith("/status/"):
             return web.Response(status=int(request.path.rsplit("/", 1)[1]))
         return web.json_response({"path": request.path_qs, "method": request.method, "headers": dict(request.headers)})

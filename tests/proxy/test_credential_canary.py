@@ -91,7 +91,7 @@ def test_canary_reaches_the_upstream_and_no_sink(
     up = canary_upstream
     dead_port = free_port()
     services = {
-        "bearer": ("localhost", up.ports[0], ""),
+        "bearer": ("localhost", up.ports[0], "inspection_limit = 4096"),
         "query": ("localhost", up.ports[1], 'mechanism = "query"\nquery_param = "key"'),
         "holder": ("localhost", up.ports[2], 'mode = "placeholder"'),
         "oauth": ("localhost", up.ports[3], ""),
@@ -148,10 +148,15 @@ def run_calls_and_search(gw: Gateway, tmp_path: Path, opa_log: Path, up: Credent
     for _ in range(100):  # the gateway re-reads the agent registry at most every 0.2 s
         if session.get(up.plain_url("/allowed/probe"), proxies={"http": proxy}, timeout=10).status_code != 407:
             break
+    replayed = up.url(0, f"/allowed/{uuid.uuid4()}")
     calls = [
         ("allowed, echoed", up.url(0, f"/allowed/{uuid.uuid4()}"), {}, 200),
+        ("idempotent, stored", replayed, {"Idempotency-Key": "canary-1"}, 200),
+        ("idempotent, replayed", replayed, {"Idempotency-Key": "canary-1"}, 200),
         ("allowed, gzip echo", up.url(0, f"/allowed/gzip/{uuid.uuid4()}"), {"Accept-Encoding": "gzip"}, 200),
         ("allowed, header echo", up.url(0, f"/allowed/header/{uuid.uuid4()}"), {}, 200),
+        ("event stream echo", up.url(0, f"/allowed/sse/{uuid.uuid4()}"), {}, 200),
+        ("streamed gzip echo", up.url(0, f"/allowed/bigecho-gzip/{uuid.uuid4()}"), {}, 200),
         ("denied by policy", up.url(0, f"/denied/{uuid.uuid4()}"), {}, 403),
         ("query parameter", up.url(1, f"/allowed/{uuid.uuid4()}?key=x"), {}, 200),
         ("placeholder", up.url(2, f"/allowed/{uuid.uuid4()}"), {"Authorization": "Bearer wardgate:holder"}, 200),
@@ -163,7 +168,8 @@ def run_calls_and_search(gw: Gateway, tmp_path: Path, opa_log: Path, up: Credent
         ("oauth refresh fails", up.url(4, f"/allowed/{uuid.uuid4()}"), {}, 502),
     ]
     for name, url, headers, status in calls:
-        response = session.get(url, headers=headers, proxies={"https": proxy, "http": proxy}, verify=str(gw.ca_file), timeout=20)
+        # A fresh connection per call: each call stands alone in the sinks searched below.
+        response = requests.get(url, headers=headers, proxies={"https": proxy, "http": proxy}, verify=str(gw.ca_file), timeout=20)
         assert response.status_code == status, (name, response.status_code, response.text)
         outputs.append(json.dumps(dict(response.headers)).encode() + response.content)
 

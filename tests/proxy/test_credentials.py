@@ -195,6 +195,20 @@ def test_rotating_the_master_key_under_a_running_gateway(cred_gateway: Gateway, 
     assert auth_headers(cred_upstream.last(path).headers, "Authorization") == [f"Bearer {TOKEN}"]
 
 
+@pytest.mark.parametrize("client", ["curl", "node"])
+def test_injection_and_scrubbing_from_other_clients(
+    cred_gateway: Gateway, cred_upstream: CredentialUpstream, client: str, tmp_path: Path
+) -> None:
+    from test_call_matrix import CLIENTS  # the real curl and Node (undici) drivers of the call matrix
+
+    path = f"/allowed/{uuid.uuid4()}"
+    proxy = cred_gateway.proxy_with(cred_gateway.mint("acme-bot"))
+    result = CLIENTS[client]("GET", cred_upstream.url(PORT["bearer"], path), proxy, cred_gateway.ca_file, tmp_path)
+    assert result.status == 200, result
+    assert auth_headers(cred_upstream.last(path).headers, "Authorization") == [f"Bearer {TOKEN}"]
+    assert TOKEN not in result.body and "[wardgate:scrubbed]" in result.body
+
+
 def test_query_mechanism_replaces_the_parameter(cred_gateway: Gateway, cred_upstream: CredentialUpstream) -> None:
     path = f"/allowed/{uuid.uuid4()}"
     response = call(cred_gateway, cred_upstream.url(PORT["query"], path + "?api_key=agent&q=1"))
@@ -493,3 +507,31 @@ def test_connect_callback_with_an_unknown_state_is_refused(cred_gateway: Gateway
     assert response.status_code == 400 and response.headers["X-Wardgate-Error"] == "oauth_state_invalid"
     unauthenticated = requests.post(f"{cred_gateway.admin}/v1/oauth/connect", json={}, timeout=10)
     assert unauthenticated.status_code == 401
+    paths = requests.get(f"{cred_gateway.admin}/openapi.json", timeout=10).json()["paths"]
+    assert {"/v1/oauth/connect", "/v1/oauth/connect/{state}", "/oauth/callback"} <= set(paths)
+
+
+def test_an_idempotent_replay_is_the_scrubbed_response(cred_gateway: Gateway, cred_upstream: CredentialUpstream) -> None:
+    """The response is scrubbed before Idempotency stores it, so a replay never carries the secret;
+    the credential joins after the fingerprint, so the retry matches the first request."""
+    path = f"/allowed/{uuid.uuid4()}"
+    key = {"Idempotency-Key": f"idem-{uuid.uuid4()}"}
+    first = call(cred_gateway, cred_upstream.url(PORT["query"], path + "?q=1"), headers=key)
+    second = call(cred_gateway, cred_upstream.url(PORT["query"], path + "?q=1"), headers=key)
+    assert first.status_code == second.status_code == 200
+    assert second.headers.get("X-Wardgate-Replay") == "true", second.headers
+    assert cred_upstream.count(path) == 1
+    for response in (first, second):
+        assert QUERY_KEY not in response.text and "api_key=[wardgate:scrubbed]" in response.text
+
+
+def test_a_refused_response_is_replayed_not_resent(cred_gateway: Gateway, cred_upstream: CredentialUpstream) -> None:
+    """The upstream saw the request before its answer was refused as uninspectable: a retry with the
+    same Idempotency-Key gets the same refusal back and never reaches the upstream again."""
+    path = f"/allowed/weird/{uuid.uuid4()}"
+    headers = {"Idempotency-Key": f"key-{uuid.uuid4()}"}
+    first = call(cred_gateway, cred_upstream.url(PORT["bearer"], path), headers=headers)
+    again = call(cred_gateway, cred_upstream.url(PORT["bearer"], path), headers=headers)
+    assert first.headers["X-Wardgate-Error"] == again.headers["X-Wardgate-Error"] == "response_uninspectable"
+    assert again.headers.get("X-Wardgate-Replay") == "true"
+    assert cred_upstream.count(path) == 1

@@ -155,3 +155,19 @@ def test_non_http_inside_a_tunnel_is_closed(gateway: Gateway) -> None:
     listener.close()
     thread.join(5)
     assert b"".join(received) == b""
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_keep_alive_reuses_the_pinned_upstream_connection(gateway: Gateway, upstream: Upstream, scheme: str) -> None:
+    """One client connection, twelve requests: all answered, over a single upstream connection
+    (the pinned address must not defeat mitmproxy's reuse, which once stalled the sixth request)."""
+    base = upstream.http_url if scheme == "http" else upstream.https_url
+    proxy = gateway.proxy_with(gateway.mint("acme-bot"))
+    prefix = f"/allowed/keepalive/{uuid.uuid4()}"
+    with requests.Session() as session:
+        for i in range(12):
+            response = session.get(f"{base}{prefix}/{i}", proxies={"http": proxy, "https": proxy},
+                                   verify=str(gateway.ca_file), timeout=10)
+            assert response.status_code == 200
+    ports = {r.peer_port for r in upstream.seen if r.path.startswith(prefix)}
+    assert upstream.count(prefix) == 12 and len(ports) == 1
