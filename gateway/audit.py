@@ -56,6 +56,7 @@ CREATE TABLE IF NOT EXISTS audit_records (
     mcp_method TEXT, mcp_tool TEXT, mcp_arguments TEXT,
     idempotency_key TEXT, replay INTEGER NOT NULL DEFAULT 0,
     usage TEXT, trace_id TEXT,
+    policy_input TEXT,
     writer TEXT NOT NULL, seq INTEGER NOT NULL, prev_hash TEXT NOT NULL, hash TEXT NOT NULL,
     UNIQUE (writer, seq)
 );
@@ -104,6 +105,9 @@ class AuditRecord:
     replay: int = 0
     usage: str | None = None  # JSON token usage reported by LLM APIs
     trace_id: str | None = None
+    # The policy input the decision was made on (JSON; no credentials, MCP arguments redacted as
+    # the decision said), so `wardgate policy explain` can re-evaluate it later.
+    policy_input: str | None = None
     id: str = field(default_factory=new_id)
 
     def canonical(self) -> bytes:

@@ -2,6 +2,12 @@
 
 While OPA is down every decision fails closed (``policy_unavailable``); the supervisor brings it
 back with a bounded backoff, so the gateway recovers without a restart of its own.
+
+Policy changes are not loaded by OPA's own ``--watch``: it drops a module that fails to compile
+and serves undefined decisions until the file is fixed. Instead :meth:`ManagedOpa.replace` starts
+a second OPA on the files as they are now; only once it is healthy does it take over (the
+policy client is pointed at it and the old one stops after in-flight queries had their time).
+A policy that does not compile never gets past the new process, and the old one keeps serving.
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ def free_loopback_port() -> int:
 def opa_command(binary: str, port: int, paths: list[Path]) -> list[str]:
     return [
         binary, "run", "--server", "--addr", f"127.0.0.1:{port}",
-        "--disable-telemetry", "--log-level", "error", "--watch",
+        "--disable-telemetry", "--log-level", "error",
         "--ignore", "*_test.rego", "--ignore", ".*",
         *[str(p) for p in paths],
     ]
@@ -76,6 +82,7 @@ class ManagedOpa:
         self._process: asyncio.subprocess.Process | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._stopping = False
+        self._retiring: list[asyncio.subprocess.Process | None] = []
 
     @property
     def url(self) -> str:
@@ -91,14 +98,43 @@ class ManagedOpa:
         self._supervisor = asyncio.create_task(self._supervise(), name="opa-supervisor")
 
     async def _spawn(self) -> None:
-        self._log_file.parent.mkdir(parents=True, exist_ok=True)
-        with open(self._log_file, "ab") as log_handle:
-            self._process = await asyncio.create_subprocess_exec(
-                *opa_command(self._binary, self._port, self._settings.paths),
+        self._process = await self._launch(self._port, self._log_file)
+
+    async def _launch(self, port: int, log_file: Path) -> asyncio.subprocess.Process:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_file, "ab") as log_handle:
+            return await asyncio.create_subprocess_exec(
+                *opa_command(self._binary, port, self._settings.paths),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log_handle,
                 stderr=log_handle,
             )
+
+    async def replace(self, grace: float) -> str:
+        """Start an OPA on the current files; if it comes up healthy it takes over. Returns its URL.
+
+        Raises ``ConfigError`` (``policy_rejected``) with OPA's own message when it does not start,
+        typically a policy that fails to compile; the running OPA is untouched then.
+        """
+        port = free_loopback_port()
+        attempt_log = self._log_file.with_name("opa-reload.log")
+        attempt_log.unlink(missing_ok=True)
+        process = await self._launch(port, attempt_log)
+        try:
+            await _healthy_or_exited(process, f"http://127.0.0.1:{port}", self._settings.startup_timeout)
+        except DependencyUnavailable:
+            if process.returncode is None:
+                process.kill()
+            await process.wait()
+            raise ConfigError(_opa_error(attempt_log), code="policy_rejected") from None
+        old, old_supervisor = self._process, self._supervisor
+        self._process, self._port = process, port
+        self._supervisor = asyncio.create_task(self._supervise(), name="opa-supervisor")
+        if old_supervisor:
+            old_supervisor.cancel()
+        self._retiring.append(old)
+        asyncio.get_running_loop().call_later(grace, _terminate, old)
+        return self.url
 
     async def _supervise(self) -> None:
         backoff = 0.2
@@ -119,6 +155,8 @@ class ManagedOpa:
 
     async def stop(self) -> None:
         self._stopping = True
+        for retiring in self._retiring:
+            _terminate(retiring)
         if self._supervisor:
             self._supervisor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -130,3 +168,30 @@ class ManagedOpa:
             except TimeoutError:
                 self._process.kill()
                 await self._process.wait()
+
+
+def _terminate(process: asyncio.subprocess.Process | None) -> None:
+    if process is not None and process.returncode is None:
+        process.terminate()
+
+
+async def _healthy_or_exited(process: asyncio.subprocess.Process, url: str, deadline: float) -> None:
+    waiter = asyncio.create_task(process.wait())
+    healthy = asyncio.create_task(wait_healthy(url, deadline))
+    done, _ = await asyncio.wait({waiter, healthy}, return_when=asyncio.FIRST_COMPLETED)
+    if healthy in done and healthy.exception() is None:
+        waiter.cancel()
+        return
+    healthy.cancel()
+    waiter.cancel()
+    raise DependencyUnavailable("the new OPA did not start", code="policy_unavailable")
+
+
+def _opa_error(log_file: Path) -> str:
+    """OPA's complaint, without the noise (root warning, deprecations), as one readable message."""
+    try:
+        lines = log_file.read_text(errors="replace").splitlines()
+    except OSError:
+        return "OPA did not start with the new policies"
+    wanted = [line for line in lines if line.strip() and "root privileges" not in line and "deprecated" not in line]
+    return "OPA refused the new policies: " + (" | ".join(wanted[-6:]) or "no message")

@@ -61,10 +61,24 @@ class CredentialInput(_Doc):
 
 
 class McpInput(_Doc):
-    method: str
-    tool: str | None = None
-    arguments: dict[str, Any] | None = None
-    server: str | None = None
+    method: str = Field(
+        description="JSON-RPC method (tools/call, tools/list, initialize ...); \"\" for a JSON-RPC response.",
+        examples=["tools/call"],
+    )
+    tool: str | None = Field(default=None, description="The tool named by tools/call.", examples=["create_issue"])
+    arguments: dict[str, Any] | None = Field(
+        default=None, description="tools/call arguments as sent; absent when filtering tools/list."
+    )
+    server: str | None = Field(
+        default=None, description="The MCP endpoint, scheme://host[:port]/path.", examples=["https://mcp.example.com/mcp"]
+    )
+    kind: Literal["request", "notification", "response"] = "request"
+    protocol_version: str | None = Field(default=None, examples=["2026-07-28", "2025-11-25"])
+    listing: bool = Field(
+        default=False,
+        description="true when wardgate asks whether a tools/list entry may be shown: method is tools/call, "
+        "tool is set, arguments are absent. Argument constraints should not hide a tool here.",
+    )
 
 
 class RunInput(_Doc):
@@ -124,6 +138,8 @@ class Decision(BaseModel):
     require_approval: StrictBool = False
     redact: list[StrictStr] = []
     limits: dict[str, Any] = {}
+    # Report mode: a denial is recorded as `would_deny` and the call proceeds (rolling out a policy).
+    report_only: StrictBool = False
     decision_id: str | None = None
 
 
@@ -140,6 +156,21 @@ class PolicyClient:
         )
         self._package, _, self._rule = decision_path.replace("/", ".").rpartition(".")
         self._timeout = timeout
+        # Digest of the policy files being served, when wardgate manages OPA (audit: policy_revision).
+        self.revision: str | None = None
+
+    async def retarget(self, url: str) -> None:
+        """Send new queries to ``url``; queries already in flight finish on the old connection."""
+        parsed = URL(url)
+        client = AsyncOpaClient(host=parsed.host or "127.0.0.1", port=parsed.port or 8181, retries=0, timeout=self._timeout)
+        await client.__aenter__()
+        old, self._client = self._client, client
+
+        async def close_later() -> None:
+            await asyncio.sleep(self._timeout + 1.0)
+            await old.close_connection()
+
+        self._closing = asyncio.create_task(close_later())
 
     async def __aenter__(self) -> "PolicyClient":
         await self._client.__aenter__()

@@ -107,8 +107,11 @@ class OpaSettings(_Section):
     decision_path: str = "wardgate/authz/decision"
     timeout: float = 0.5
     startup_timeout: float = 15.0
+    # Managed mode: how often policy files are checked for changes (0 = only on SIGHUP or
+    # `wardgate policy reload`). A change that does not compile is rejected; the old policy stays.
+    watch_interval: float = 1.0
 
-    @field_validator("timeout", "startup_timeout", mode="before")
+    @field_validator("timeout", "startup_timeout", "watch_interval", mode="before")
     @classmethod
     def _duration(cls, value: Any) -> float:
         return parse_duration(value)
@@ -198,6 +201,14 @@ class ApprovalSettings(_Section):
         return parse_duration(value)
 
 
+class McpSettings(_Section):
+    # POSTs to these URL prefixes are MCP whatever their headers say ("https://mcp.example.com/mcp").
+    # Others are recognised by MCP headers or by a JSON-RPC body calling an MCP method.
+    servers: list[str] = []
+    max_body_bytes: int = Field(default=1 << 20, ge=1024, le=64 << 20)
+    max_depth: int = Field(default=64, ge=4, le=512)
+    # How many tools/list entries are checked against the policy at once.
+    list_concurrency: int = Field(default=16, ge=1, le=256)
 EXTERNAL_ALGORITHMS = ("EdDSA", "ES256", "ES384", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512")
 
 
@@ -369,6 +380,7 @@ class Settings(_Section):
     revocation: RevocationSettings = RevocationSettings()
     idempotency: IdempotencySettings = IdempotencySettings()
     approvals: ApprovalSettings = ApprovalSettings()
+    mcp: McpSettings = McpSettings()
     trusted_issuers: list[TrustedIssuer] = []
     services: dict[str, ServiceSettings] = {}
     vault: VaultSettings = VaultSettings()

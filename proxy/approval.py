@@ -9,6 +9,7 @@ forwarding. See :mod:`wardgate.gateway.approvals`.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 
@@ -19,7 +20,7 @@ from wardgate.gateway.audit import AuditWriter
 from wardgate.gateway.errors import DependencyUnavailable, PolicyDenied, WardgateError
 from wardgate.gateway.idempotency import fingerprint
 
-from .call import call_of
+from .call import Call, call_of
 from .refusals import refuse
 
 log = logging.getLogger("wardgate.proxy")
@@ -50,7 +51,7 @@ class ApprovalGate:
         parked = ParkedCall(
             scope=f"{principal.tenant}\x00{principal.agent}\x00{principal.user}",
             fingerprint=fingerprint(request.method, request.scheme, request.pretty_host, request.port, request.path,
-                                    request.headers.get("content-type", ""), request.raw_content or b""),
+                                    request.headers.get("content-type", ""), _approved_body(call, request)),
             idempotency_key=request.headers.get("idempotency-key", ""),
             tenant=principal.tenant, agent=principal.agent, user=principal.user, run=principal.run,
             step=call.step or request.headers.get("x-wardgate-step"),
@@ -73,3 +74,12 @@ class ApprovalGate:
         await self._refuse(flow, PolicyDenied(
             f"this call waits for approval {gate.approval_id}; re-send it once approved",
             code="approval_required", reasons=list(decision.reasons)), gate.approval_id)
+
+
+def _approved_body(call: Call, request: http.Request) -> bytes:
+    """What a human approves. For an MCP call, the method, tool and arguments: a client re-sends a
+    tool call with a new JSON-RPC id (and session), which must still match the approval."""
+    if call.mcp is not None:
+        mcp = call.mcp
+        return json.dumps([mcp.method, mcp.tool, mcp.arguments, mcp.server], sort_keys=True).encode()
+    return request.raw_content or b""

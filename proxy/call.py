@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from mitmproxy import http
@@ -10,7 +12,9 @@ from mitmproxy import http
 from wardgate.gateway.audit import AuditRecord, Kind
 from wardgate.gateway.identity import Principal
 from wardgate.gateway.ids import new_id
-from wardgate.gateway.policy import Decision, McpInput
+from wardgate.gateway.errors import ErrorResponse, WardgateError
+from wardgate.gateway.mcp import redact
+from wardgate.gateway.policy import Decision, McpInput, PolicyInput
 
 KEY = "wardgate.call"
 
@@ -30,8 +34,22 @@ class Call:
     # Set by Idempotency: the caller's key, and whether the response is a stored one replayed.
     idempotency_key: str | None = None
     replay: bool = False
+    # Set in requestheaders when the decision needs the body (MCP): EgressPolicy decides in `request`.
+    decide_on_body: bool = False
+    # How a refusal of this call is rendered when not as wardgate's JSON error (MCP: JSON-RPC error).
+    render_error: Callable[[WardgateError, str], ErrorResponse] | None = None
+    # The document the decision was asked on; kept with the intent or refusal record.
+    policy_document: PolicyInput | None = None
+    # Denied, but the policy is in report mode for this caller: recorded as would_deny, forwarded.
+    would_deny: bool = False
+    policy_revision: str | None = None
     # Occurrences of an injected secret removed from the response (proxy/scrub.py).
     scrub_count: int = 0
+
+    @property
+    def proceeds(self) -> bool:
+        """The policy let this call go on: allowed, or denied in report mode (would_deny)."""
+        return self.decision is not None and (self.decision.allow or self.would_deny)
 
     def record(self, flow: http.HTTPFlow, kind: Kind, **values: object) -> AuditRecord:
         """An audit record for this call, filled from the principal, the request and ``values``."""
@@ -55,14 +73,32 @@ class Call:
             record.tenant, record.agent, record.user = principal.tenant, principal.agent, principal.user
             record.token_id, record.run = principal.token_id, principal.run
         if decision is not None:
-            record.decision = "allow" if decision.allow else "deny"
+            record.decision = "would_deny" if self.would_deny else "allow" if decision.allow else "deny"
             record.reasons = list(decision.reasons)
             record.decision_id = decision.decision_id
+            record.policy_revision = self.policy_revision
+        if self.mcp is not None:
+            record.mcp_method, record.mcp_tool = self.mcp.method, self.mcp.tool
+            # Arguments are kept only once the policy has said which of them are sensitive.
+            if self.mcp.arguments is not None and decision is not None:
+                record.mcp_arguments = json.dumps(redact(self.mcp.arguments, decision.redact), sort_keys=True)
+        if self.policy_document is not None and kind != "outcome":
+            record.policy_input = self._recorded_input()
         record.step = self.step or request.headers.get("x-wardgate-step")
         record.idempotency_key, record.replay = self.idempotency_key, int(self.replay)
         for name, value in values.items():
             setattr(record, name, value)
         return record
+
+    def _recorded_input(self) -> str:
+        assert self.policy_document is not None
+        document = self.policy_document.model_dump(mode="json", exclude_none=True)
+        mcp = document.get("mcp")
+        if mcp and "arguments" in mcp:
+            paths = self.decision.redact if self.decision is not None else None
+            # No decision (policy unavailable): nobody said what is sensitive, so keep nothing.
+            mcp["arguments"] = redact(mcp["arguments"], paths) if paths is not None else {}
+        return json.dumps(document, sort_keys=True, separators=(",", ":"))
 
 
 def call_of(flow: http.HTTPFlow) -> Call:

@@ -97,8 +97,16 @@ class DestinationPin:
         self._named: dict[str, tuple[str, int]] = {}
 
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if not call_of(flow).decide_on_body:
+            await self._pin(flow)
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        if call_of(flow).decide_on_body:  # MCP: decided once the body was read
+            await self._pin(flow)
+
+    async def _pin(self, flow: http.HTTPFlow) -> None:
         call = call_of(flow)
-        if flow.response is not None or call.decision is None or not call.decision.allow:
+        if flow.response is not None or not call.proceeds:
             return
         try:
             vetted = await self._guard.vet(flow.request.host, flow.request.port)

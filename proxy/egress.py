@@ -1,12 +1,14 @@
 """EgressPolicy: asks OPA whether the identified call may go out.
 
-Runs in ``requestheaders`` after ProxyAuth and DestinationCheck. A denial or an unavailable policy
-engine answers the call here, before any DNS lookup or upstream connection. An allowed call goes
-on to DestinationPin and IntentRecord.
+Runs in ``requestheaders`` after ProxyAuth and DestinationCheck (in ``request``, once the body is
+read, for calls McpGateway marks as MCP). A denial or an unavailable policy engine answers the
+call here, before any DNS lookup or upstream connection. An allowed call goes on to DestinationPin
+and IntentRecord.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from urllib.parse import parse_qs
 
@@ -27,6 +29,8 @@ from wardgate.gateway.policy import (
 
 from .call import call_of
 from .refusals import refuse
+
+log = logging.getLogger("wardgate.policy")
 
 
 def policy_input(flow: http.HTTPFlow) -> PolicyInput:
@@ -61,16 +65,33 @@ class EgressPolicy:
 
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
         call = call_of(flow)
-        if flow.response is not None or call.principal is None:
+        if flow.response is not None or call.principal is None or call.decide_on_body:
             return
+        await self._decide(flow)
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        """Calls whose decision needs the body (MCP, marked by McpGateway) are decided here."""
+        call = call_of(flow)
+        if flow.response is not None or call.principal is None or not call.decide_on_body:
+            return
+        await self._decide(flow)
+
+    async def _decide(self, flow: http.HTTPFlow) -> None:
+        call = call_of(flow)
         started = time.perf_counter()
         try:
-            call.decision = await self._policy.decide(policy_input(flow))
+            call.policy_document = policy_input(flow)
+            call.policy_revision = self._policy.revision
+            call.decision = await self._policy.decide(call.policy_document)
         except WardgateError as error:
             call.policy_ms = (time.perf_counter() - started) * 1000
             await refuse(flow, error, self._audit, self._audit_timeout)
             return
         call.policy_ms = (time.perf_counter() - started) * 1000
-        if not call.decision.allow:
+        if not call.decision.allow and call.decision.report_only:
+            call.would_deny = True
+            log.warning("call %s would be denied (%s); report mode lets it through",
+                        call.call_id, ",".join(call.decision.reasons))
+        elif not call.decision.allow:
             denied = PolicyDenied("the policy does not allow this call", reasons=call.decision.reasons)
             await refuse(flow, denied, self._audit, self._audit_timeout)

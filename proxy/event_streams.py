@@ -19,6 +19,8 @@ from collections.abc import Callable
 from mitmproxy import http
 
 STREAM_FILTERS = "wardgate.stream_filters"
+# Set (True) by an addon that must see a finite stream whole before it goes out (MCP tools/list).
+STREAM_BUFFERED = "wardgate.stream_buffered"
 STREAM_SAMPLE = "wardgate.stream_sample"
 SAMPLE_BYTES = 64 * 1024
 
@@ -71,5 +73,7 @@ class _Relay:
 class EventStreams:
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         response = flow.response
+        if flow.metadata.get(STREAM_BUFFERED):
+            return
         if response is not None and response.headers.get("content-type", "").startswith("text/event-stream"):
             response.stream = _Relay(flow, list(flow.metadata.get(STREAM_FILTERS, [])))

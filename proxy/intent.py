@@ -24,8 +24,16 @@ class IntentRecord:
         self._audit_timeout = audit_timeout
 
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if not call_of(flow).decide_on_body:
+            await self._commit(flow)
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        if call_of(flow).decide_on_body:  # MCP: decided once the body was read
+            await self._commit(flow)
+
+    async def _commit(self, flow: http.HTTPFlow) -> None:
         call = call_of(flow)
-        if flow.response is not None or call.decision is None or not call.decision.allow:
+        if flow.response is not None or not call.proceeds:
             return
         try:
             await self._audit.commit(call.record(flow, "intent"), self._audit_timeout)

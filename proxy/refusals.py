@@ -39,5 +39,9 @@ async def refuse(flow: http.HTTPFlow, error: WardgateError, audit: AuditWriter, 
     except WardgateError as audit_error:
         # The call is refused either way; the record follows through the spool if the store is down.
         log.error("refusal of call %s not committed in time: %s", call.call_id, audit_error.code)
-    flow.response = error_response(error, call.call_id)
+    if call.render_error is not None:
+        rendered = call.render_error(error, call.call_id)
+        flow.response = http.Response.make(rendered.status, rendered.body, rendered.headers)
+    else:
+        flow.response = error_response(error, call.call_id)
     flow.metadata["wardgate.refused"] = True

@@ -31,6 +31,7 @@ from wardgate.gateway.issuers import ExternalIssuer
 from wardgate.gateway.keys import KeyRing
 from wardgate.gateway.opa_process import ManagedOpa, wait_healthy
 from wardgate.gateway.policy import PolicyClient
+from wardgate.gateway.policy_reload import PolicyReloader
 from wardgate.gateway.revocations import RevocationView, open_store
 from wardgate.gateway.revoker import Revoker
 from wardgate.gateway.settings import Settings
@@ -46,6 +47,7 @@ from .event_streams import EventStreams
 from .idempotency import Idempotency
 from .intent import IntentRecord
 from .trace import TraceContext
+from .mcp import McpGateway
 
 log = logging.getLogger("wardgate")
 
@@ -137,11 +139,20 @@ async def serve(settings: Settings, on_ready: Callable[[Listeners], None]) -> No
             PolicyClient(opa_url, settings.opa.decision_path, settings.opa.timeout)
         )
 
+        reloader: PolicyReloader | None = None
+        if managed is not None:
+            reloader = PolicyReloader(
+                managed, policy, settings.opa.paths, settings.run_dir / "policy.json", grace=settings.opa.timeout + 2.0
+            )
+            if settings.opa.watch_interval > 0:
+                watcher = asyncio.create_task(reloader.watch(settings.opa.watch_interval), name="policy-watch")
+                stack.callback(watcher.cancel)
+
         async def ready() -> bool:
             if not audit.healthy:  # outcomes wait in the spool: drain before taking more calls
                 return False
             try:
-                await wait_healthy(opa_url, 0.5)
+                await wait_healthy(managed.url if managed else opa_url, 0.5)
             except Exception:  # noqa: BLE001 - readiness reports, it never raises
                 return False
             return True
@@ -195,6 +206,8 @@ async def serve(settings: Settings, on_ready: Callable[[Listeners], None]) -> No
                 TraceContext(),
                 auth,
                 DestinationCheck(audit, timeout),
+                # Marks MCP calls, whose decision waits for the body (`request` hook, next three addons).
+                McpGateway(settings.mcp, policy, audit, timeout),
                 credentials.binding,
                 EgressPolicy(policy, audit, timeout),
                 DestinationPin(guard, audit, timeout),
@@ -220,6 +233,29 @@ async def serve(settings: Settings, on_ready: Callable[[Listeners], None]) -> No
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, proxy_master.shutdown)
+        reloads: set[asyncio.Task[bool]] = set()
+
+        def reload_on_signal() -> None:
+            # SIGHUP must never stop the gateway, whatever the OPA mode.
+            if reloader is None:
+                log.warning("SIGHUP: the external OPA reloads its own policies; nothing to do")
+                return
+            task = asyncio.create_task(reloader.reload("SIGHUP"))
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, reload_on_signal)
+        if reloader is not None and managed is not None:
+            def opa_switched(url: str) -> None:
+                host, _, port = URL(url).authority.rpartition(":")
+                guard.protect(host, int(port))
+                listeners_file = settings.run_dir / "listeners.json"
+                if listeners_file.exists():
+                    current = json.loads(listeners_file.read_text())
+                    current.update(opa=url, opa_pid=managed.pid)
+                    write_listeners(listeners_file, Listeners(**current))
+
+            reloader.on_switch = opa_switched
 
         async def announce() -> None:
             ps = proxy_master.addons.get("proxyserver")

@@ -66,6 +66,71 @@ test_unknown_tenant_is_denied if {
 	"unknown_tenant" in d.reasons
 }
 
+mcp_tenants := {"acme": {
+	"allow": [{"host": "mcp.example.com", "methods": ["POST"]}],
+	"mcp_tools": [
+		{"tool": "search"},
+		{"tool": "delete_repo", "users": ["alice"]},
+		{"tool": "login", "redact": ["password", "auth.token"]},
+	],
+}}
+
+mcp_call(user, scopes, mcp) := object.union(call("acme", scopes, "POST", "mcp.example.com", 443, "/mcp"), {
+	"identity": {"agent": "bot", "user": user, "tenant": "acme", "scopes": scopes, "token_id": "t", "issuer": "wardgate"},
+	"mcp": mcp,
+})
+
+decide_mcp(doc) := d if {
+	d := authz.decision with input as doc with data.wardgate.config.tenants as mcp_tenants
+}
+
+test_mcp_listed_tool_is_allowed_without_write_scope if {
+	d := decide_mcp(mcp_call("bob", [], {"method": "tools/call", "tool": "search", "arguments": {"q": "x"}}))
+	d == {"allow": true, "reasons": ["destination_allowed"]}
+}
+
+test_mcp_unlisted_tool_is_denied if {
+	d := decide_mcp(mcp_call("alice", [], {"method": "tools/call", "tool": "drop_tables", "arguments": {}}))
+	d.allow == false
+	d.reasons == ["mcp_tool_not_allowed"]
+}
+
+test_mcp_tool_for_some_users_only if {
+	decide_mcp(mcp_call("alice", [], {"method": "tools/call", "tool": "delete_repo", "arguments": {}})).allow
+	not decide_mcp(mcp_call("bob", [], {"method": "tools/call", "tool": "delete_repo", "arguments": {}})).allow
+}
+
+test_mcp_non_tool_methods_follow_destination_rules if {
+	decide_mcp(mcp_call("bob", [], {"method": "tools/list"})).allow
+	decide_mcp(mcp_call("bob", [], {"method": "initialize"})).allow
+}
+
+test_mcp_redact_names_sensitive_arguments if {
+	d := decide_mcp(mcp_call("bob", [], {"method": "tools/call", "tool": "login", "arguments": {"password": "p"}}))
+	d.allow == true
+	d.redact == ["auth.token", "password"]
+}
+
+test_mcp_without_tool_list_allows_any_tool if {
+	doc := mcp_call("bob", [], {"method": "tools/call", "tool": "anything", "arguments": {}})
+	d := authz.decision with input as doc with data.wardgate.config.tenants as {"acme": {"allow": mcp_tenants.acme.allow}}
+	d.allow == true
+}
+
+test_report_only_per_tenant if {
+	d := authz.decision with input as call("acme", [], "GET", "evil.test", 443, "/")
+		with data.wardgate.config.tenants as {"acme": {"allow": [], "report_only": true}}
+	d.allow == false
+	d.report_only == true
+}
+
+test_report_only_per_agent if {
+	d := authz.decision with input as call("acme", [], "GET", "evil.test", 443, "/")
+		with data.wardgate.config as {"tenants": tenants, "report_only_agents": ["bot"]}
+	d.report_only == true
+	not decide(call("acme", [], "GET", "evil.test", 443, "/")).report_only
+}
+
 test_rule_can_require_approval if {
 	d := authz.decision with input as call("acme", ["write"], "POST", "pay.test", 443, "/charge")
 		with data.wardgate.config.tenants as {"acme": {"allow": [{"host": "pay.test", "require_approval": true}]}}
