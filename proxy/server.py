@@ -35,7 +35,7 @@ from wardgate.gateway.revocations import RevocationView, open_store
 from wardgate.gateway.revoker import Revoker
 from wardgate.gateway.settings import Settings
 
-from . import protocol_errors
+from . import protocol_errors, stages
 from .audit_trail import AuditTrail
 from .approval import ApprovalGate
 from .auth import ProxyAuth
@@ -191,7 +191,7 @@ async def serve(settings: Settings, on_ready: Callable[[Listeners], None]) -> No
         auth = ProxyAuth(verifier, audit, timeout, revocations)
         proxy_master = build_master(
             settings,
-            [
+            stages.apply(settings.bench.unsafe_skip_stages, [
                 TraceContext(),
                 auth,
                 DestinationCheck(audit, timeout),
@@ -208,7 +208,7 @@ async def serve(settings: Settings, on_ready: Callable[[Listeners], None]) -> No
                 AuditTrail(audit),
                 EventStreams(),
                 credentials.stream_scrubber,
-            ],
+            ]),
         )
         auth.attach(proxy_master.addons.get("proxyserver"))
         refresher = asyncio.create_task(directory.run(), name="agent-directory")
