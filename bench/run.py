@@ -95,14 +95,21 @@ def load(target: Target, url: str, concurrency: int, duration: float, warmup: fl
         command += ["--proxy", target.proxy]
     if target.auth:
         command += ["--auth", target.auth]
+    output = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # CPU is read over the measured window only: after the connections (and TLS) are set up and the
+    # warm-up is over, until the end of the window. The client starts its clock once all are open.
+    stdout_line = output.stdout.readline()  # type: ignore[union-attr]
+    assert stdout_line.strip() == "open", stdout_line
+    time.sleep(warmup)
     before = sum(cpu_seconds(p) for p in target.pids)
-    output = subprocess.run(command, capture_output=True, text=True, timeout=duration + warmup + 60)
+    time.sleep(duration)
     after = sum(cpu_seconds(p) for p in target.pids)
+    stdout, stderr = output.communicate(timeout=60)
+    output.stdout, output.stderr = stdout, stderr  # type: ignore[assignment]
     if output.returncode != 0:
         raise RuntimeError(f"load client failed for {target.name}: {output.stderr[-2000:]}")
     result = json.loads(output.stdout)
-    # CPU over the whole client run (warm-up included) over every request answered in it.
-    answered = result["requests"] * (duration + warmup) / duration
+    answered = result["requests"]
     result["cpu_ms_per_req"] = (after - before) * 1000 / answered if target.pids and answered else None
     return result
 

@@ -41,6 +41,7 @@ from .approval import ApprovalGate
 from .auth import ProxyAuth
 from .credentials import build_credentials
 from .destinations import DestinationCheck, DestinationPin
+from .dispatch import HookTable
 from .egress import EgressPolicy
 from .event_streams import EventStreams
 from .idempotency import Idempotency
@@ -59,6 +60,9 @@ def build_master(settings: Settings, addons: list[object]) -> master.Master:
         mode=["regular"],
     )
     proxy_master = master.Master(opts)
+    # Same addons, same order and semantics; each hook's handlers are looked up once (proxy/dispatch.py).
+    opts.changed.disconnect(proxy_master.addons._configure_all)
+    proxy_master.addons = HookTable(proxy_master)
     proxy_master.addons.add(
         # ErrorCheck stops start-up (exit 1, errors on stderr) when e.g. the listen port is taken.
         errorcheck.ErrorCheck(repeat_errors_on_stderr=True),
