@@ -7,7 +7,7 @@ BIN_DIR := .bin
 OPA_VERSION := v1.22.3
 export PATH := $(CURDIR)/$(BIN_DIR):$(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: run test setup opa node chromium policy-test clean
+.PHONY: run test setup opa node chromium policy-test clean bench
 
 setup: $(VENV)/.installed opa
 
@@ -41,6 +41,12 @@ policy-test: setup
 
 test: setup node chromium
 	@scripts/postgres.sh $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+# The side-by-side proxy benchmark (docs/benchmarks.md); squid is the reference forward proxy.
+bench: setup
+	@command -v squid >/dev/null || test -x /usr/sbin/squid || apt-get install -y -q squid
+	@$(PY) -m pip install -q -e '.[test,bench]'
+	@scripts/postgres.sh $(PY) bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(BIN_DIR) tests/node/node_modules

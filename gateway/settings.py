@@ -366,6 +366,13 @@ class VaultSettings(_Section):
     master_key_file: Path | None = None
 
 
+class BenchSettings(_Section):
+    # Benchmarks only (bench/run.py): stages the proxy skips so the cost of each one shows. Empty by
+    # default; every skipped stage is logged as a warning at start-up. Never set this in production:
+    # "identity" trusts unverified tokens, "policy" allows everything, "audit" records nothing.
+    unsafe_skip_stages: list[Literal["identity", "policy", "injection", "audit", "scrubbing"]] = []
+
+
 class Settings(_Section):
     version: Literal[1] = 1
     home: Path = Path(".wardgate")
@@ -384,6 +391,7 @@ class Settings(_Section):
     trusted_issuers: list[TrustedIssuer] = []
     services: dict[str, ServiceSettings] = {}
     vault: VaultSettings = VaultSettings()
+    bench: BenchSettings = BenchSettings()
     admin_token: SecretStr | None = None
 
     @property

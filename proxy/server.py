@@ -9,7 +9,7 @@ import logging
 import os
 import signal
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
@@ -36,18 +36,20 @@ from wardgate.gateway.revocations import RevocationView, open_store
 from wardgate.gateway.revoker import Revoker
 from wardgate.gateway.settings import Settings
 
-from . import protocol_errors
+from . import protocol_errors, stages
 from .audit_trail import AuditTrail
 from .approval import ApprovalGate
 from .auth import ProxyAuth
 from .credentials import build_credentials
 from .destinations import DestinationCheck, DestinationPin
+from .dispatch import HookTable
 from .egress import EgressPolicy
 from .event_streams import EventStreams
 from .idempotency import Idempotency
 from .intent import IntentRecord
 from .trace import TraceContext
 from .mcp import McpGateway
+from .workers import WorkerOf, listen_with_reuse_port, run_workers
 
 log = logging.getLogger("wardgate")
 
@@ -61,6 +63,9 @@ def build_master(settings: Settings, addons: list[object]) -> master.Master:
         mode=["regular"],
     )
     proxy_master = master.Master(opts)
+    # Same addons, same order and semantics; each hook's handlers are looked up once (proxy/dispatch.py).
+    opts.changed.disconnect(proxy_master.addons._configure_all)
+    proxy_master.addons = HookTable(proxy_master)
     proxy_master.addons.add(
         # ErrorCheck stops start-up (exit 1, errors on stderr) when e.g. the listen port is taken.
         errorcheck.ErrorCheck(repeat_errors_on_stderr=True),
@@ -88,6 +93,7 @@ class Listeners:
     opa_pid: int | None
     echo: str | None
     pid: int
+    workers: list[int] = field(default_factory=list)  # pids of the proxy-only workers (--workers)
 
 
 async def _start_site(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, str]:
@@ -101,7 +107,11 @@ async def _start_site(app: web.Application, host: str, port: int) -> tuple[web.A
     return runner, f"{bound[0]}:{bound[1]}"
 
 
-async def serve(settings: Settings, on_ready: Callable[[Listeners], None]) -> None:
+async def serve(
+    settings: Settings, on_ready: Callable[[Listeners], None], workers: int = 1, worker_of: WorkerOf | None = None
+) -> None:
+    """The gateway; with ``workers`` > 1 it also starts that many minus one proxy-only workers
+    (proxy/workers.py). A worker (``worker_of`` set) runs the proxy only: no admin API, no echo."""
     settings.home.mkdir(parents=True, exist_ok=True, mode=0o700)
     settings.run_dir.mkdir(exist_ok=True, mode=0o700)
     keys = KeyRing.load(settings.keys_dir)
@@ -162,19 +172,22 @@ async def serve(settings: Settings, on_ready: Callable[[Listeners], None]) -> No
         credentials = await stack.enter_async_context(
             build_credentials(settings, keys, audit, settings.audit.commit_timeout)
         )
-        admin_app = admin.build_app(
-            admin.AdminState(settings, keys, registry, audit, token, ready, revoker, revocations, directory)
-        )
-        approval_api.install(admin_app, approvals)
-        oauth_connect.add_routes(admin_app, credentials.connector)
-        admin_runner, admin_addr = await _start_site(
-            admin_app,
-            settings.admin.listen.host,
-            settings.admin.listen.port,
-        )
-        stack.push_async_callback(admin_runner.cleanup)
-        echo_addr = None
-        if settings.demo.enabled:
+        if worker_of is None:
+            admin_app = admin.build_app(
+                admin.AdminState(settings, keys, registry, audit, token, ready, revoker, revocations, directory)
+            )
+            approval_api.install(admin_app, approvals)
+            oauth_connect.add_routes(admin_app, credentials.connector)
+            admin_runner, admin_addr = await _start_site(
+                admin_app,
+                settings.admin.listen.host,
+                settings.admin.listen.port,
+            )
+            stack.push_async_callback(admin_runner.cleanup)
+        else:
+            admin_addr = worker_of.admin
+        echo_addr = worker_of.echo if worker_of else None
+        if settings.demo.enabled and worker_of is None:
             echo_runner, echo_addr = await _start_site(
                 build_echo_app(), settings.demo.echo_listen.host, settings.demo.echo_listen.port
             )
@@ -197,12 +210,14 @@ async def serve(settings: Settings, on_ready: Callable[[Listeners], None]) -> No
             host, _, port = echo_addr.rpartition(":")
             guard.allow_exactly(host, int(port))
         protocol_errors.install()
+        if workers > 1 or worker_of is not None:
+            listen_with_reuse_port()
         idempotency_store = IdempotencyStore(settings.home / "idempotency.db")
         stack.callback(idempotency_store.close)
         auth = ProxyAuth(verifier, audit, timeout, revocations)
         proxy_master = build_master(
             settings,
-            [
+            stages.apply(settings.bench.unsafe_skip_stages, [
                 TraceContext(),
                 auth,
                 DestinationCheck(audit, timeout),
@@ -223,7 +238,7 @@ async def serve(settings: Settings, on_ready: Callable[[Listeners], None]) -> No
                 AuditTrail(audit),
                 EventStreams(),
                 credentials.stream_scrubber,
-            ],
+            ]),
         )
         auth.attach(proxy_master.addons.get("proxyserver"))
         refresher = asyncio.create_task(directory.run(), name="agent-directory")
@@ -266,14 +281,19 @@ async def serve(settings: Settings, on_ready: Callable[[Listeners], None]) -> No
             host, port = ps.listen_addrs()[0][:2]
             guard.protect(host, port)
             listeners = Listeners(f"{host}:{port}", admin_addr, opa_url, managed.pid if managed else None, echo_addr, os.getpid())
-            write_listeners(settings.run_dir / "listeners.json", listeners)
+            if worker_of is None:
+                if workers > 1:
+                    of = WorkerOf(listeners.proxy, opa_url, admin_addr, echo_addr)
+                    listeners.workers = await stack.enter_async_context(run_workers(workers - 1, of))
+                write_listeners(settings.run_dir / "listeners.json", listeners)
             on_ready(listeners)
 
         announcer = asyncio.create_task(announce())
         await proxy_master.run()
         announcer.cancel()
-        with contextlib.suppress(FileNotFoundError):
-            (settings.run_dir / "listeners.json").unlink()
+        if worker_of is None:
+            with contextlib.suppress(FileNotFoundError):
+                (settings.run_dir / "listeners.json").unlink()
 
 
 def write_listeners(path: Path, listeners: Listeners) -> None:

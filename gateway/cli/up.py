@@ -66,12 +66,18 @@ def banner(settings: Settings, listeners: object) -> str:
 @click.option("--proxy-listen", help="HOST:PORT for the proxy (default 127.0.0.1:8080; port 0 picks one).")
 @click.option("--admin-listen", help="HOST:PORT for the admin API (default 127.0.0.1:8081).")
 @click.option("--log-level", default="warning", type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Proxy processes sharing the proxy port (SO_REUSEPORT) and the state under home.")
+@click.option("--worker-of", hidden=True, help="Internal: run as a proxy-only worker of another process.")
 @pass_cli
-def up(cli: CliContext, proxy_listen: str | None, admin_listen: str | None, log_level: str) -> None:
+def up(cli: CliContext, proxy_listen: str | None, admin_listen: str | None, log_level: str, workers: int,
+       worker_of: str | None) -> None:
     """Start the gateway. With no config file, runs the embedded demo default."""
     overrides: dict[str, object] = {"proxy_listen": proxy_listen, "admin_listen": admin_listen}
     if cli.uses_embedded_default:
         overrides["demo"] = {"enabled": True}
+    if worker_of is not None:
+        return run_worker(cli, overrides, worker_of, log_level)
     settings = cli.settings(**overrides)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     ensure_ca(settings.ca_dir)
@@ -84,4 +90,20 @@ def up(cli: CliContext, proxy_listen: str | None, admin_listen: str | None, log_
     def on_ready(listeners: object) -> None:
         click.echo(banner(settings, listeners), err=False)
 
-    asyncio.run(serve(settings, on_ready))
+    asyncio.run(serve(settings, on_ready, workers=workers))
+
+
+def run_worker(cli: CliContext, overrides: dict[str, object], worker_of: str, log_level: str) -> None:
+    """A proxy-only worker: the first process's listen address and OPA, the same home and config."""
+    from wardgate.proxy.server import serve
+    from wardgate.proxy.workers import WorkerOf
+
+    of = WorkerOf.from_json(worker_of)
+    overrides.update(proxy_listen=of.proxy, opa={"mode": "external", "url": of.opa})
+    settings = cli.settings(**overrides)
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def on_ready(listeners: object) -> None:
+        click.echo("ready")  # read by the first process (proxy/workers.py)
+
+    asyncio.run(serve(settings, on_ready, worker_of=of))

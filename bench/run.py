@@ -1,0 +1,437 @@
+"""The side-by-side proxy benchmark (``make bench``): direct, squid, bare mitmdump, wardgate with
+everything on, and wardgate with each stage off in turn, measured in one run on loopback.
+
+For every target: plain HTTP (absolute-form requests to the proxy) and HTTPS (one CONNECT tunnel
+per connection, intercepted by mitmdump and wardgate, end to end through squid), each with 1, 8 and
+64 keep-alive connections driven by ``bench/loadgen.py`` in its own process against
+``bench/upstream.py`` in another. Reports requests/s, median and p99 latency and the proxy's CPU
+seconds per request (utime + stime of the proxy process and its children, from /proc; for
+wardgate that includes its OPA). Then the other benchmarks' numbers (audit, identity, SDK steps),
+and writes ``bench/results/results.md``, ``results.json`` and ``latency-throughput.png``.
+
+    .venv/bin/python bench/run.py [--duration 3] [--quick] [--workers-check]
+
+Not a test; numbers depend on the machine, the ratios are what the goals are stated in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trustme
+
+REPO = Path(__file__).resolve().parent.parent
+BENCH = REPO / "bench"
+RESULTS = BENCH / "results"
+sys.path[:0] = [str(REPO / "tests")]
+
+from support import free_port, start_gateway, write_tenant_policy  # noqa: E402
+from wardgate.gateway.audit import AuditQuery, query_records  # noqa: E402
+from wardgate.gateway.vault import KeySource, Vault  # noqa: E402
+
+SECRET = "bench-secret-0123456789abcdefghij"
+HOST = "127.0.0.1"
+STAGES = ["identity", "policy", "injection", "audit", "scrubbing"]
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` and all its descendants (children still running)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            fields = stat.rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(entry))
+    total, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+        todo += children.get(current, [])
+    return total / TICK
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+@dataclass
+class Target:
+    name: str
+    proxy: str | None  # host:port
+    ca: str  # CA the client trusts for HTTPS (the proxy's when it intercepts)
+    pids: list[int] = field(default_factory=list)
+    auth: str | None = None
+    stop: object = None
+
+
+def load(target: Target, url: str, concurrency: int, duration: float, warmup: float) -> dict[str, object]:
+    command = [sys.executable, str(BENCH / "loadgen.py"), "--url", url, "--concurrency", str(concurrency),
+               "--duration", str(duration), "--warmup", str(warmup), "--ca", target.ca]
+    if target.proxy:
+        command += ["--proxy", target.proxy]
+    if target.auth:
+        command += ["--auth", target.auth]
+    output = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # CPU is read over the measured window only: after the connections (and TLS) are set up and the
+    # warm-up is over, until the end of the window. The client starts its clock once all are open.
+    stdout_line = output.stdout.readline()  # type: ignore[union-attr]
+    assert stdout_line.strip() == "open", stdout_line
+    time.sleep(warmup)
+    before = sum(cpu_seconds(p) for p in target.pids)
+    time.sleep(duration)
+    after = sum(cpu_seconds(p) for p in target.pids)
+    stdout, stderr = output.communicate(timeout=60)
+    output.stdout, output.stderr = stdout, stderr  # type: ignore[assignment]
+    if output.returncode != 0:
+        raise RuntimeError(f"load client failed for {target.name}: {output.stderr[-2000:]}")
+    result = json.loads(output.stdout)
+    answered = result["requests"]
+    result["cpu_ms_per_req"] = (after - before) * 1000 / answered if target.pids and answered else None
+    return result
+
+
+def wait_port(port: int, timeout: float = 20) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex((HOST, port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on {port}")
+
+
+def start_squid(root: Path, upstream_ca: str) -> Target:
+    squid = shutil.which("squid") or "/usr/sbin/squid"
+    root.mkdir(mode=0o777)
+    os.chmod(root, 0o777)
+    port = free_port()
+    config = root / "squid.conf"
+    config.write_text(
+        f"""http_port {HOST}:{port}
+acl CONNECT method CONNECT
+http_access allow localhost
+http_access deny all
+cache deny all
+cache_mem 8 MB
+access_log none
+cache_store_log none
+cache_log {root}/cache.log
+pid_filename {root}/squid.pid
+coredump_dir {root}
+shutdown_lifetime 0 seconds
+dns_v4_first on
+"""
+    )
+    process = subprocess.Popen([squid, "-N", "-f", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(port)
+    return Target("squid", f"{HOST}:{port}", upstream_ca, [process.pid], stop=process)
+
+
+def start_mitmdump(root: Path, upstream_ca: str) -> Target:
+    port = free_port()
+    confdir = root / "mitmproxy"
+    process = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mitmdump"), "-q", "--listen-host", HOST, "-p", str(port),
+         "--set", f"confdir={confdir}", "--set", f"ssl_verify_upstream_trusted_ca={upstream_ca}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    wait_port(port)
+    return Target("mitmdump (bare)", f"{HOST}:{port}", str(confdir / "mitmproxy-ca-cert.pem"), [process.pid], stop=process)
+
+
+def start_wardgate(root: Path, name: str, upstream_ca: Path, https_port: int, skipped: list[str],
+                   workers: int | None = None) -> tuple[Target, object]:
+    policy = write_tenant_policy(root / "policy", "acme", [{"host": HOST, "methods": ["GET"]}])
+    config = f'[services.bench]\nhosts = ["{HOST}"]\nports = [{https_port}]\n'
+    if skipped:
+        config += f"\n[bench]\nunsafe_skip_stages = {json.dumps(skipped)}\n"
+    up_args = ["--workers", str(workers)] if workers else None
+    gw = start_gateway(root, policy_paths=[policy], upstream_ca=upstream_ca, extra_config=config, up_args=up_args)
+    gw.create_agent("bench-bot", "acme", ["read"])
+    vault = Vault(gw.settings.state_db, KeySource(gw.settings), create_keys=True)
+    vault.put("acme", "alice", "bench", "secret", SECRET.encode())
+    vault.close()
+    time.sleep(0.5)  # the gateway re-reads the agent registry every 0.2 s
+    target = Target(name, gw.listeners["proxy"], str(gw.ca_file), [gw.process.pid], auth=gw.mint("bench-bot", ttl=3600))
+    return target, gw
+
+
+def stop(thing: object) -> None:
+    if isinstance(thing, subprocess.Popen):
+        if thing.poll() is None:
+            thing.send_signal(signal.SIGTERM)
+            try:
+                thing.wait(10)
+            except subprocess.TimeoutExpired:
+                thing.kill()
+                thing.wait()
+    elif thing is not None:
+        thing.stop()  # type: ignore[attr-defined]
+
+
+def policy_latency(gw: object) -> dict[str, float]:
+    records = query_records(gw.settings.audit_db, AuditQuery(limit=100000))  # type: ignore[attr-defined]
+    values = sorted(r["latency_policy_ms"] for r in records if r.get("latency_policy_ms") is not None)
+    if not values:
+        return {}
+    return {"decisions": len(values), "median_ms": statistics.median(values), "p99_ms": values[int(len(values) * 0.99)]}
+
+
+def other_benches(quick: bool) -> dict[str, str]:
+    """The feature benchmarks' own output, run here so the numbers share the run's conditions."""
+    runs = {
+        "audit (records/s, group commit vs per-record commit)": [str(BENCH / "audit.py"), "--records", "2000" if quick else "4000"],
+        "identity (token verification, revocation propagation)": [str(BENCH / "identity.py")],
+        "SDK step overhead": [str(BENCH / "sdk_steps.py"), "--steps", "1000", "--rounds", "3", "--no-dbos"],
+    }
+    found: dict[str, str] = {}
+    for title, argv in runs.items():
+        try:
+            output = subprocess.run([sys.executable, *argv], capture_output=True, text=True, timeout=240, cwd=REPO)
+            found[title] = (output.stdout + (output.stderr[-800:] if output.returncode else "")).strip()
+        except subprocess.TimeoutExpired:
+            found[title] = "(timed out after 240 s)"
+    return found
+
+
+def fmt(value: object, digits: int = 1) -> str:
+    return "–" if value is None else f"{value:,.{digits}f}"
+
+
+def markdown(rows: list[dict[str, object]], extras: dict[str, object], meta: dict[str, str]) -> str:
+    lines = [
+        "# wardgate benchmark results",
+        "",
+        f"Run {meta['date']} on {meta['machine']}. Loopback, small JSON responses ({meta['body']} bytes), "
+        f"{meta['duration']} s per cell after {meta['warmup']} s warm-up. Load from a separate process "
+        "(bench/loadgen.py, keep-alive). CPU = proxy process tree (wardgate: gateway + its OPA).",
+        "",
+        "| target | scheme | conns | req/s | median ms | p99 ms | CPU ms/req | errors |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['target']} | {r['scheme']} | {r['concurrency']} | {fmt(r['rps'], 0)} | {fmt(r['median_ms'], 2)} | "
+            f"{fmt(r['p99_ms'], 2)} | {fmt(r['cpu_ms_per_req'], 2)} | {r['errors']} |"
+        )
+    lines += ["", "## Goals (ratios measured in this run)", ""]
+    for line in extras.get("goals", []):  # type: ignore[union-attr]
+        lines.append(f"- {line}")
+    if extras.get("policy_latency"):
+        lines += ["", "## OPA decision latency seen by the gateway (everything-on run, from audit records)", ""]
+        pl = extras["policy_latency"]
+        lines.append(f"{pl['decisions']} decisions: median {pl['median_ms']:.2f} ms, p99 {pl['p99_ms']:.2f} ms")  # type: ignore[index]
+    if extras.get("workers"):
+        lines += ["", "## Workers", ""]
+        for line in extras["workers"]:  # type: ignore[union-attr]
+            lines.append(f"- {line}")
+    for title, text in extras.get("other", {}).items():  # type: ignore[union-attr]
+        lines += ["", f"## {title}", "", "```", str(text), "```"]
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict[str, object]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(13, 5.5), sharey=False)
+    for axis, scheme in zip(axes, ("http", "https")):
+        targets = list(dict.fromkeys(r["target"] for r in rows if r["scheme"] == scheme))
+        for name in targets:
+            points = [r for r in rows if r["scheme"] == scheme and r["target"] == name and r["rps"]]
+            points.sort(key=lambda r: r["concurrency"])
+            axis.plot([p["rps"] for p in points], [p["median_ms"] for p in points], marker="o", label=name,
+                      linewidth=2.5 if name in ("wardgate (everything on)", "mitmdump (bare)") else 1)
+        axis.set_xscale("log")
+        axis.set_yscale("log")
+        axis.set_xlabel("requests/s (1, 8, 64 connections)")
+        axis.set_ylabel("median latency (ms)")
+        axis.set_title(f"{scheme.upper()} through the proxy")
+        axis.grid(True, which="both", alpha=0.3)
+    axes[1].legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
+def goals(rows: list[dict[str, object]]) -> list[str]:
+    def find(target: str, scheme: str, concurrency: int) -> dict[str, object] | None:
+        for r in rows:
+            if r["target"] == target and r["scheme"] == scheme and r["concurrency"] == concurrency:
+                return r
+        return None
+
+    out = []
+    for scheme in ("http", "https"):
+        for concurrency in (8, 64):
+            ours, bare = find("wardgate (everything on)", scheme, concurrency), find("mitmdump (bare)", scheme, concurrency)
+            if ours and bare and bare["rps"]:
+                ratio = ours["rps"] / bare["rps"]  # type: ignore[operator]
+                out.append(f"{scheme} c={concurrency}: wardgate req/s = {ratio:.2f}× bare mitmdump's (goal ≥ 1.3×) "
+                           f"{'MET' if ratio >= 1.3 else 'NOT MET'}")
+        ours, bare = find("wardgate (everything on)", scheme, 1), find("mitmdump (bare)", scheme, 1)
+        if ours and bare and bare["median_ms"]:
+            ratio = ours["median_ms"] / bare["median_ms"]  # type: ignore[operator]
+            out.append(f"{scheme} c=1: wardgate median latency = {ratio:.2f}× bare mitmdump's (goal ≤ 1.0×) "
+                       f"{'MET' if ratio <= 1.0 else 'NOT MET'}")
+    return out
+
+
+def workers_check(root: Path, upstream_ca: Path, ports: dict[str, int], duration: float) -> list[str]:
+    """CPU per request summed over workers, 1 vs 2 workers; RSS per worker under 64 tunnels."""
+    lines, cost = [], {}
+    for workers in (1, 2):
+        target, gw = start_wardgate(root / f"workers-{workers}", f"wardgate --workers {workers}", upstream_ca,
+                                    ports["https"], [], workers=workers)
+        try:
+            url = f"https://{HOST}:{ports['https']}/bench"
+            result = load(target, url, 64, duration, 1.0)
+            cost[workers] = result["cpu_ms_per_req"]
+            rss = [rss_mb(p) for p in worker_pids(gw.process.pid)]  # type: ignore[attr-defined]
+            lines.append(f"{workers} worker(s), HTTPS, 64 keep-alive tunnels: {result['rps']:.0f} req/s, "
+                         f"CPU {result['cpu_ms_per_req']:.2f} ms/req (all processes), "
+                         f"RSS per proxy process {', '.join(f'{r:.0f} MB' for r in rss)} (goal < 150 MB)")
+        finally:
+            stop(gw)
+    if cost.get(1) and cost.get(2):
+        ratio = cost[2] / cost[1]
+        lines.append(f"CPU per request with 2 workers = {ratio:.2f}× one worker's (goal ≤ 1.15×) {'MET' if ratio <= 1.15 else 'NOT MET'}")
+    return lines
+
+
+def worker_pids(pid: int) -> list[int]:
+    """The gateway process and its proxy workers (not OPA)."""
+    pids = [pid]
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid and b"opa" not in cmdline.split(b"\0")[0]:
+                pids.append(int(entry))
+    return pids
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--duration", type=float, default=3.0)
+    parser.add_argument("--warmup", type=float, default=0.7)
+    parser.add_argument("--quick", action="store_true", help="wardgate and mitmdump only, no other benches")
+    parser.add_argument("--no-others", action="store_true", help="skip the feature benchmarks")
+    parser.add_argument("--workers-check", action="store_true")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    load_before = os.getloadavg()[0]
+    rows: list[dict[str, object]] = []
+    extras: dict[str, object] = {}
+    ca = trustme.CA()
+    with tempfile.TemporaryDirectory(prefix="wardgate-bench-") as tmp:
+        root = Path(tmp)
+        os.chmod(root, 0o755)
+        ca_file, cert_file, key_file = root / "ca.pem", root / "cert.pem", root / "key.pem"
+        ca.cert_pem.write_to_path(str(ca_file))
+        leaf = ca.issue_cert(HOST, "localhost")
+        leaf.private_key_and_cert_chain_pem.write_to_path(str(cert_file))
+        leaf.private_key_pem.write_to_path(str(key_file))
+        upstream = subprocess.Popen([sys.executable, str(BENCH / "upstream.py"), str(cert_file), str(key_file)],
+                                    stdout=subprocess.PIPE, text=True)
+        try:
+            ports = json.loads(upstream.stdout.readline())  # type: ignore[union-attr]
+            urls = {"http": f"http://{HOST}:{ports['http']}/bench", "https": f"https://{HOST}:{ports['https']}/bench"}
+            plans: list[tuple[str, list[str] | None]] = [("direct", None), ("squid", None), ("mitmdump (bare)", None),
+                                                          ("wardgate (everything on)", [])]
+            if not args.quick:
+                plans += [(f"wardgate − {stage}", [stage]) for stage in STAGES]
+            else:
+                plans = [p for p in plans if p[0] in ("mitmdump (bare)", "wardgate (everything on)")]
+            for name, skipped in plans:
+                gw = None
+                if name == "direct":
+                    target = Target("direct", None, str(ca_file))
+                elif name == "squid":
+                    if not shutil.which("squid") and not Path("/usr/sbin/squid").exists():
+                        print("squid is not installed; skipped (make bench installs it)", file=sys.stderr)
+                        continue
+                    target = start_squid(root / "squid", str(ca_file))
+                elif name == "mitmdump (bare)":
+                    target = start_mitmdump(root, str(ca_file))
+                else:
+                    target, gw = start_wardgate(root / name.replace(" ", "_"), name, ca_file, ports["https"], skipped or [])
+                try:
+                    for scheme in ("http", "https"):
+                        for concurrency in (1, 8, 64):
+                            result = load(target, urls[scheme], concurrency, args.duration, args.warmup)
+                            row = {"target": name, "scheme": scheme, "concurrency": concurrency, **result}
+                            rows.append(row)
+                            print(f"{name:28s} {scheme:5s} c={concurrency:<3d} {result['rps']:8.0f} req/s  "
+                                  f"median {fmt(result['median_ms'], 2)} ms  p99 {fmt(result['p99_ms'], 2)} ms  "
+                                  f"cpu {fmt(result['cpu_ms_per_req'], 2)} ms/req  errors {result['errors']} "
+                                  f"{result['first_error'] or ''}", flush=True)
+                    if name == "wardgate (everything on)" and gw is not None:
+                        extras["policy_latency"] = policy_latency(gw)
+                finally:
+                    stop(gw if gw is not None else target.stop)
+            if args.workers_check:
+                extras["workers"] = workers_check(root, ca_file, ports, args.duration)
+        finally:
+            stop(upstream)
+    extras["goals"] = goals(rows)
+    if not (args.quick or args.no_others):
+        extras["other"] = other_benches(args.quick)
+    meta = {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs ({_cpu_model()}), Linux {platform.release()}, "
+                   f"Python {platform.python_version()}, load average before run {load_before:.1f}",
+        "body": str(len(json.dumps({"ok": True, "items": [{"id": i, "name": f"item-{i}"} for i in range(4)]}))),
+        "duration": str(args.duration),
+        "warmup": str(args.warmup),
+    }
+    (args.out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows, "extras": extras}, indent=2) + "\n")
+    (args.out / "results.md").write_text(markdown(rows, extras, meta))
+    try:
+        plot(rows, args.out / "latency-throughput.png")
+    except ImportError:
+        print("matplotlib is missing: no plot (pip install -e '.[bench]')", file=sys.stderr)
+    print("\n".join(extras["goals"]))  # type: ignore[arg-type]
+    print(f"wrote {args.out / 'results.md'}")
+
+
+def _cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown CPU"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""``wardgate up --workers N``: N proxy processes accepting on one port (SO_REUSEPORT).
+
+The first process is the whole gateway (admin API, managed OPA, demo echo) and also a proxy worker;
+it starts N-1 more processes that run only the proxy, on the same address, against the same OPA and
+the same state under ``home`` (agents, revocations, vault, idempotency, approvals, the audit store,
+where each worker writes its own hash chain). The kernel spreads new client connections over the
+listening sockets; a connection stays with the worker that accepted it, so the per-connection
+state (the identity a CONNECT tunnel proved) stays where it was proven.
+
+mitmproxy has no option for SO_REUSEPORT, so ``listen_with_reuse_port`` replaces the regular-mode
+server's ``listen`` in this process only; it is called only when ``--workers`` is above 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from mitmproxy.proxy.mode_servers import RegularInstance
+
+log = logging.getLogger("wardgate.proxy")
+READY_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True)
+class WorkerOf:
+    """What a worker is told by the first process: where to listen, which OPA, what to protect."""
+
+    proxy: str  # HOST:PORT the first process bound (port 0 already resolved)
+    opa: str  # the first process's OPA (managed or external)
+    admin: str  # the admin API, which the proxy must never reach
+    echo: str | None  # the demo echo service, which the proxy may reach
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "WorkerOf":
+        return cls(**json.loads(text))
+
+
+def listen_with_reuse_port() -> None:
+    """From now on this process's proxy listens with SO_REUSEPORT, so workers can share the port."""
+
+    async def listen(self: Any, host: str, port: int) -> list[asyncio.Server]:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host or "0.0.0.0", port))
+        return [await asyncio.start_server(self.handle_stream, sock=sock, backlog=1024)]
+
+    RegularInstance.listen = listen  # type: ignore[method-assign]
+
+
+def worker_argv() -> list[str]:
+    """This process's command line without ``--workers``: the workers load the same settings."""
+    argv, skip = [], False
+    for arg in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif arg == "--workers":
+            skip = True
+        elif not arg.startswith("--workers="):
+            argv.append(arg)
+    return [sys.executable, "-m", "wardgate.gateway.cli", *argv]
+
+
+@contextlib.asynccontextmanager
+async def run_workers(count: int, of: WorkerOf) -> AsyncIterator[list[int]]:
+    """Start ``count`` proxy-only workers; stop them (SIGTERM, then kill) when the block ends."""
+    processes = [
+        await asyncio.create_subprocess_exec(*worker_argv(), "--worker-of", of.to_json(), stdout=asyncio.subprocess.PIPE)
+        for _ in range(count)
+    ]
+    try:
+        for process in processes:  # each says "ready" once it accepts on the shared port
+            assert process.stdout is not None
+            line = await asyncio.wait_for(process.stdout.readline(), READY_TIMEOUT)
+            if line.strip() != b"ready":
+                raise RuntimeError(f"proxy worker {process.pid} did not start (exit {process.returncode})")
+        yield [p.pid for p in processes]
+    finally:
+        for process in processes:
+            if process.returncode is None:
+                process.send_signal(signal.SIGTERM)
+        for process in processes:
+            try:
+                await asyncio.wait_for(process.wait(), 10)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
