@@ -10,9 +10,11 @@ content type, body); the outcomes of a claim:
     replay      same fingerprint, response stored: answer with it, never reach the upstream
     mismatch    same key, different request: refused (422 idempotency_key_reused)
     in_flight   the first attempt has no response yet: wait for it, then 409 idempotency_in_flight
-    unknown     the first attempt reached the upstream but its response was lost (the client
-                went away mid-call, the gateway died): 409 idempotency_outcome_unknown until the
-                record expires, because a second upstream call could repeat the side effect
+    unknown     the first attempt reached the upstream but its response was lost (the upstream
+                connection broke or timed out, the answer was too large to keep, the gateway
+                died; an agent that went away mid-call does not lose it: proxy/exchange.py):
+                409 idempotency_outcome_unknown until the record expires, because a second
+                upstream call could repeat the side effect
 
 Records expire ``ttl`` after they were claimed and are purged lazily.
 """

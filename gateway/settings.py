@@ -184,8 +184,11 @@ class IdempotencySettings(_Section):
     in_flight_wait: float = 10.0
     # Responses larger than this are not stored; retries then get 409 idempotency_outcome_unknown.
     max_response_bytes: int = Field(default=1 << 20, ge=0)
+    # A keyed request is sent upstream by the gateway itself (proxy/exchange.py): its time limits.
+    connect_timeout: float = 10.0
+    upstream_timeout: float = 300.0
 
-    @field_validator("ttl", "in_flight_wait", mode="before")
+    @field_validator("ttl", "in_flight_wait", "connect_timeout", "upstream_timeout", mode="before")
     @classmethod
     def _duration(cls, value: Any) -> float:
         return parse_duration(value)

@@ -115,6 +115,11 @@ class DestinationPin:
             return
         self._vetted.setdefault(flow.client_conn.id, {})[(flow.request.host, flow.request.port)] = vetted.address
 
+    def pinned(self, flow: http.HTTPFlow) -> str | None:
+        """The vetted address of this request's destination, for a gateway that dials it itself
+        (proxy/exchange.py); None when it was never vetted."""
+        return self._vetted.get(flow.client_conn.id, {}).get((flow.request.host, flow.request.port))
+
     def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
         address = data.server.address
         if address is None:

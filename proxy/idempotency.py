@@ -35,6 +35,7 @@ _UNSTORED = {"connection", "keep-alive", "transfer-encoding", "x-wardgate-audit-
 _POLL = 0.05
 # Expired records are also dropped lazily per key; this bounds the table for one-off keys.
 _PURGE_EVERY = 500
+# Set by GatewayExchange (proxy/exchange.py) when the response came from the upstream.
 UPSTREAM_ANSWERED = "wardgate.idempotency.upstream_answered"
 
 
@@ -138,10 +139,20 @@ class Idempotency:
         response.headers["X-Wardgate-Replay-Of"] = stored.call_id
         flow.response = response
 
-    def responseheaders(self, flow: http.HTTPFlow) -> None:
-        # Only responses that come from the upstream pass through this hook.
-        if CLAIM in flow.metadata:
-            flow.metadata[UPSTREAM_ANSWERED] = True
+    async def settle(self, flow: http.HTTPFlow, reached: bool) -> None:
+        """The claimed request got no answer to store (proxy/exchange.py): if it ``reached`` an
+        upstream connection, a retry must not send it again (unknown); if not, a retry may."""
+        claim = flow.metadata.pop(CLAIM, None)
+        if claim is None:
+            return
+        scope, key = claim
+        try:
+            if reached:
+                await asyncio.to_thread(self._store.mark_unknown, scope, key, self._owner)
+            else:
+                await asyncio.to_thread(self._store.release, scope, key, self._owner)
+        except Exception as exc:  # noqa: BLE001
+            log.error("idempotency claim of call %s not settled: %s", call_of(flow).call_id, type(exc).__name__)
 
     async def response(self, flow: http.HTTPFlow) -> None:
         claim = flow.metadata.pop(CLAIM, None)
@@ -169,6 +180,8 @@ class Idempotency:
             log.error("idempotency record of call %s not stored: %s", call_of(flow).call_id, type(exc).__name__)
 
     async def error(self, flow: http.HTTPFlow) -> None:
+        if flow.metadata.get(UPSTREAM_ANSWERED) and flow.response is not None:
+            return  # answered, the client left: GatewayExchange.error stores it (proxy/exchange.py)
         claim = flow.metadata.pop(CLAIM, None)
         if claim is None:
             return

@@ -127,6 +127,8 @@ class StreamScrubber:
         if count:
             response.headers.fields = tuple(fields)
         call.scrub_count += count
+        if response.raw_content is not None:
+            return  # the body is whole already (set at the gateway, proxy/exchange.py): ResponseScrubber
         service = binding.service
         length = response.headers.get("content-length", "")
         announced = int(length) if length.isdigit() else None

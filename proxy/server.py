@@ -40,11 +40,12 @@ from . import protocol_errors, stages
 from .audit_trail import AuditTrail
 from .approval import ApprovalGate
 from .auth import ProxyAuth
-from .credentials import build_credentials
+from .credentials import build_credentials, upstream_ssl_context
 from .destinations import DestinationCheck, DestinationPin
 from .dispatch import HookTable
 from .egress import EgressPolicy
 from .event_streams import EventStreams
+from .exchange import GatewayExchange
 from .idempotency import Idempotency
 from .intent import IntentRecord
 from .trace import TraceContext
@@ -215,6 +216,8 @@ async def serve(
         idempotency_store = IdempotencyStore(settings.home / "idempotency.db")
         stack.callback(idempotency_store.close)
         auth = ProxyAuth(verifier, audit, timeout, revocations)
+        pin = DestinationPin(guard, audit, timeout)
+        idempotency = Idempotency(idempotency_store, settings.idempotency, audit, timeout)
         proxy_master = build_master(
             settings,
             stages.apply(settings.bench.unsafe_skip_stages, [
@@ -225,16 +228,19 @@ async def serve(
                 McpGateway(settings.mcp, policy, audit, timeout),
                 credentials.binding,
                 EgressPolicy(policy, audit, timeout),
-                DestinationPin(guard, audit, timeout),
+                pin,
                 IntentRecord(audit, timeout),
                 # `response` hook: scrub the buffered body before Idempotency stores it for replay.
                 credentials.scrubber,
                 # `request` hook, after the body is read and the intent committed:
                 ApprovalGate(approvals, settings.approvals.ttl, audit, timeout),
-                Idempotency(idempotency_store, settings.idempotency, audit, timeout),
+                idempotency,
                 # `request` hook, last: the credential joins only a call about to leave (approved,
                 # not a replay), and stays out of approval and idempotency fingerprints.
                 credentials.injector,
+                # `request` hook, after everything: a claimed call is sent by the gateway itself, so
+                # its answer is stored even if the agent goes away mid-call.
+                GatewayExchange(pin, idempotency, settings.idempotency, upstream_ssl_context(settings), audit),
                 AuditTrail(audit),
                 EventStreams(),
                 credentials.stream_scrubber,
