@@ -42,9 +42,11 @@ from .auth import ProxyAuth
 from .credentials import build_credentials
 from .destinations import DestinationCheck, DestinationPin
 from .egress import EgressPolicy
+from .framing import HeadGuard
 from .event_streams import EventStreams
 from .idempotency import Idempotency
 from .intent import IntentRecord
+from .limits import Limits
 from .trace import TraceContext
 
 log = logging.getLogger("wardgate")
@@ -189,11 +191,15 @@ async def serve(settings: Settings, on_ready: Callable[[Listeners], None]) -> No
         idempotency_store = IdempotencyStore(settings.home / "idempotency.db")
         stack.callback(idempotency_store.close)
         auth = ProxyAuth(verifier, audit, timeout, revocations)
+        heads = HeadGuard(settings.limits.max_header_bytes, settings.limits.max_headers, settings.limits.max_body_bytes)
+        heads.install()
+        limits = Limits(settings.limits, heads, audit, timeout)
         proxy_master = build_master(
             settings,
             [
                 TraceContext(),
                 auth,
+                limits,
                 DestinationCheck(audit, timeout),
                 credentials.binding,
                 EgressPolicy(policy, audit, timeout),
@@ -211,6 +217,7 @@ async def serve(settings: Settings, on_ready: Callable[[Listeners], None]) -> No
             ],
         )
         auth.attach(proxy_master.addons.get("proxyserver"))
+        limits.attach(proxy_master.addons.get("proxyserver"))
         refresher = asyncio.create_task(directory.run(), name="agent-directory")
         stack.callback(refresher.cancel)
         revocation_feed = asyncio.create_task(revocations.run(), name="revocation-view")
