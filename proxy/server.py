@@ -48,6 +48,8 @@ from .idempotency import Idempotency
 from .intent import IntentRecord
 from .limits import Limits
 from .trace import TraceContext
+from . import upstream_timeout
+from .upstream_timeout import UpstreamTimeout
 
 log = logging.getLogger("wardgate")
 
@@ -194,6 +196,8 @@ async def serve(settings: Settings, on_ready: Callable[[Listeners], None]) -> No
         heads = HeadGuard(settings.limits.max_header_bytes, settings.limits.max_headers, settings.limits.max_body_bytes)
         heads.install()
         limits = Limits(settings.limits, heads, audit, timeout)
+        upstream_timeout.install()
+        upstream_deadline = UpstreamTimeout(settings.limits.upstream_timeout)
         proxy_master = build_master(
             settings,
             [
@@ -214,10 +218,12 @@ async def serve(settings: Settings, on_ready: Callable[[Listeners], None]) -> No
                 AuditTrail(audit),
                 EventStreams(),
                 credentials.stream_scrubber,
+                upstream_deadline,
             ],
         )
         auth.attach(proxy_master.addons.get("proxyserver"))
         limits.attach(proxy_master.addons.get("proxyserver"))
+        upstream_deadline.attach(proxy_master.addons.get("proxyserver"))
         refresher = asyncio.create_task(directory.run(), name="agent-directory")
         stack.callback(refresher.cancel)
         revocation_feed = asyncio.create_task(revocations.run(), name="revocation-view")
