@@ -93,6 +93,7 @@ class DestinationPin:
         self._audit_timeout = audit_timeout
         # client connection id → {(host, port): vetted address}
         self._vetted: dict[str, dict[tuple[str, int], str]] = {}
+        self._names: dict[str, tuple[str, int]] = {}  # server connection id → the name it was pinned for
 
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
         call = call_of(flow)
@@ -119,6 +120,21 @@ class DestinationPin:
         if data.server.sni is None and parse_ip_literal(host) is None:
             data.server.sni = host
         data.server.address = (pinned, port)
+        self._names[data.server.id] = (host, port)
+
+    def server_connected(self, data: server_hooks.ServerConnectionHookData) -> None:
+        # Dialled: give the connection its name back. mitmproxy reuses a kept-alive server connection
+        # only for a request naming the same address; with the IP left in place every request in a
+        # tunnel to a name opened a new connection, and the sixth waited forever on mitmproxy's limit
+        # of five connections per address (found by `make soak`).
+        name = self._names.pop(data.server.id, None)
+        if name is not None:
+            # Server.__setattr__ refuses to change the address of an open connection (to stop an addon
+            # from pretending it is connected elsewhere); here it is the very name it was dialled for.
+            object.__setattr__(data.server, "address", name)
+
+    def server_connect_error(self, data: server_hooks.ServerConnectionHookData) -> None:
+        self._names.pop(data.server.id, None)
 
     def tcp_start(self, flow: tcp.TCPFlow) -> None:
         log.warning("closing non-HTTP traffic in a tunnel from %s", flow.client_conn.peername)
