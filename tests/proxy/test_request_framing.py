@@ -91,3 +91,17 @@ def test_the_same_request_well_framed_goes_through(gateway: Gateway, upstream: U
     answer, closed = exchange_until_closed(gateway.proxy_port, payload)
     assert answer.startswith(b"HTTP/1.1 200 "), answer[:300]
     assert upstream.count(path) == 1
+
+
+def test_http2_is_not_offered_to_agents(gateway: Gateway, upstream: Upstream) -> None:
+    """HTTP/2 towards agents is off: an agent offering h2 inside a tunnel gets HTTP/1.1, whose framing is tested above."""
+    import ssl
+
+    with socket.create_connection(("127.0.0.1", gateway.proxy_port), timeout=10) as sock:
+        sock.sendall(f"CONNECT localhost:{upstream.https_port} HTTP/1.1\r\nHost: localhost:{upstream.https_port}\r\n"
+                     f"{_auth(gateway)}\r\n\r\n".encode())
+        assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+        context = ssl.create_default_context(cafile=str(gateway.ca_file))
+        context.set_alpn_protocols(["h2", "http/1.1"])
+        with context.wrap_socket(sock, server_hostname="localhost") as tls:
+            assert tls.selected_alpn_protocol() in (None, "http/1.1")
