@@ -112,18 +112,31 @@ class Limits:
             self._waiting[flow.client_conn.id] = time.monotonic()
 
     async def error(self, flow: http.HTTPFlow) -> None:
-        if flow.error is not None and flow.error.msg == BODY_LIMIT_MESSAGE and KEY not in flow.metadata:
-            call = call_of(flow)
-            record = call.record(flow, "refusal", status=413, error="request_too_large",
-                                 latency_total_ms=(time.perf_counter() - call.started) * 1000)
-            record.decision = "deny"
-            record.reasons = ["body_bytes"]
-            try:
-                await self._audit.commit(record, self._audit_timeout, spool_on_failure=True)
-            except WardgateError as audit_error:
-                log.error("refusal of call %s not committed in time: %s", call.call_id, audit_error.code)
+        if flow.error is not None and flow.error.msg == BODY_LIMIT_MESSAGE:
+            await self._body_refused(flow)
         elif flow.client_conn.connected:
             self._waiting[flow.client_conn.id] = time.monotonic()
+
+    async def _body_refused(self, flow: http.HTTPFlow) -> None:
+        """413 from framing.py: a refusal if no addon saw the call yet, else the outcome of its intent."""
+        seen = KEY in flow.metadata
+        call = call_of(flow)
+        latency = (time.perf_counter() - call.started) * 1000
+        if seen:
+            # Chunked body: the call was judged (and maybe its intent recorded) on its head. It never
+            # left; its outcome says why, so AuditTrail does not call it an upstream error.
+            if call.forwarded_at is not None and not flow.metadata.get("wardgate.outcome"):
+                flow.metadata["wardgate.outcome"] = True
+                self._audit.record_later(call.record(flow, "outcome", status=413, error="request_too_large",
+                                                     latency_total_ms=latency))
+            return
+        record = call.record(flow, "refusal", status=413, error="request_too_large", latency_total_ms=latency)
+        record.decision = "deny"
+        record.reasons = ["body_bytes"]
+        try:
+            await self._audit.commit(record, self._audit_timeout, spool_on_failure=True)
+        except WardgateError as audit_error:
+            log.error("refusal of call %s not committed in time: %s", call.call_id, audit_error.code)
 
     def client_connected(self, client: connection.Client) -> None:
         self._waiting[client.id] = time.monotonic()

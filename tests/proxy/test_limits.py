@@ -108,6 +108,12 @@ def test_a_chunked_body_is_cut_off_at_the_limit(small: Gateway, upstream: Upstre
         answer, closed = read_until_closed(sock)
     assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
     assert closed and upstream.count(path) == 0
+    # Judged on its head (intent recorded), never sent: the outcome says why, not "upstream error".
+    deadline = time.monotonic() + 10
+    while not (records := [r for r in small.records() if r["path"] == path and r["kind"] == "outcome"]):
+        assert time.monotonic() < deadline, "no outcome record"
+        time.sleep(0.05)
+    assert [(r["status"], r["error"]) for r in records] == [(413, "request_too_large")]
 
 
 def test_a_body_within_the_limit_goes_through(small: Gateway, upstream: Upstream) -> None:
