@@ -8,7 +8,8 @@ on 127.0.0.1 (plain and TLS). ``--workers`` agents call in a loop through the pr
 and POSTs over plain HTTP and through CONNECT tunnels, plus calls the policy denies.
 
 Every ``--opa-every`` seconds OPA is killed and started again after ``--outage`` seconds; every
-``--pg-every`` seconds PostgreSQL is restarted (pg_ctl restart -m fast); every ``--audit-every``
+``--pg-every`` seconds PostgreSQL is stopped (pg_ctl stop -m fast) and started after ``--outage``
+seconds; every ``--audit-every``
 seconds the audit database's write lock is held for ``--outage`` seconds by another connection.
 
 The verdict (exit status 1 if any fails):
@@ -82,11 +83,17 @@ class PostgresRestarter:
         self.pg_ctl = str(candidates[-1])
         self.as_pg = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
 
-    def restart(self) -> None:
+    def _ctl(self, *args: str) -> None:
         # -l: without a log file the server would keep our stdout open (and this call would never return).
         log = os.path.join(self.data_dir, "soak-restart.log")
-        subprocess.run([*self.as_pg, self.pg_ctl, "-D", self.data_dir, "-l", log, "-m", "fast", "-w", "-t", "60", "restart"],
+        subprocess.run([*self.as_pg, self.pg_ctl, "-D", self.data_dir, "-l", log, "-w", "-t", "60", *args],
                        check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=90)
+
+    def stop(self) -> None:
+        self._ctl("-m", "fast", "stop")
+
+    def start(self) -> None:
+        self._ctl("start")
 
 
 class Soak:
@@ -157,9 +164,11 @@ class Soak:
                 self.note("OPA started again")
             if pg is not None and now >= next_pg:
                 next_pg += self.args.pg_every
-                self.note("PostgreSQL restarting")
-                pg.restart()
-                self.note("PostgreSQL restarted")
+                self.note("PostgreSQL stopped")
+                pg.stop()
+                self.stop.wait(self.args.outage)
+                pg.start()
+                self.note("PostgreSQL started again")
             if now >= next_audit:
                 next_audit += self.args.audit_every
                 conn = sqlite3.connect(gateway.settings.audit_db, timeout=10, isolation_level=None)
@@ -253,7 +262,7 @@ def main() -> int:
     lines = [
         f"Soak run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: {elapsed / 60:.1f} min, {args.workers} agents, "
         f"{total} calls ({total / elapsed:.0f}/s), loopback, 2 shared cores.",
-        f"Restarts: OPA every {args.opa_every:g}s, PostgreSQL every {args.pg_every:g}s"
+        f"Outages: OPA killed every {args.opa_every:g}s, PostgreSQL stopped every {args.pg_every:g}s"
         f"{'' if pg else ' (skipped: no PostgreSQL)'}, audit DB locked every {args.audit_every:g}s; each outage {args.outage:g}s.",
         "",
         "| check | result | pass |",
