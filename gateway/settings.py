@@ -94,7 +94,7 @@ class EgressSettings(_Section):
 
 
 class LimitsSettings(_Section):
-    """What one client may send and hold open. Over a limit: 400/408/413/429/431 with a stable code."""
+    """What one client may send and hold open, and how long an upstream may take (docs/hardening.md)."""
 
     max_header_bytes: int = Field(default=32768, ge=1024, le=1 << 20)  # request line + headers → 431
     max_headers: int = Field(default=100, ge=8, le=1000)  # header fields → 431
@@ -106,6 +106,11 @@ class LimitsSettings(_Section):
     burst: int = Field(default=100, ge=1)
     # An upstream must send its response head, and then a buffered body, within this → 504 upstream_timeout.
     upstream_timeout: float = Field(default=60.0, gt=0)
+
+    @field_validator("header_timeout", "idle_timeout", "upstream_timeout", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> float:
+        return parse_duration(value)
 
 
 class AdminSettings(_Section):
