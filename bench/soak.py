@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import shlex
 import sqlite3
 import statistics
 import subprocess
@@ -82,6 +83,12 @@ class PostgresRestarter:
         assert candidates, "pg_ctl not found"
         self.pg_ctl = str(candidates[-1])
         self.as_pg = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        words = shlex.split(Path(self.data_dir, "postmaster.opts").read_text())
+        options = words[1:]
+        if "-D" in options:
+            at = options.index("-D")
+            del options[at:at + 2]
+        self.options = shlex.join(options)
 
     def _ctl(self, *args: str) -> None:
         # -l: without a log file the server would keep our stdout open (and this call would never return).
@@ -93,7 +100,9 @@ class PostgresRestarter:
         self._ctl("-m", "fast", "stop")
 
     def start(self) -> None:
-        self._ctl("start")
+        # `pg_ctl start` does not reuse the options the server was started with (port, listen address,
+        # socket folder); without them it came back on 5432 and the gateway rightly stayed closed.
+        self._ctl("-o", self.options, "start")
 
 
 class Soak:
