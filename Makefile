@@ -7,7 +7,7 @@ BIN_DIR := .bin
 OPA_VERSION := v1.22.3
 export PATH := $(CURDIR)/$(BIN_DIR):$(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: run test setup opa node chromium policy-test clean bench
+.PHONY: run test setup opa node chromium policy-test clean bench soak fuzz
 
 setup: $(VENV)/.installed opa
 
@@ -47,6 +47,16 @@ bench: setup
 	@command -v squid >/dev/null || test -x /usr/sbin/squid || apt-get install -y -q squid
 	@$(PY) -m pip install -q -e '.[test,bench]'
 	@scripts/postgres.sh $(PY) bench/run.py $(BENCH_ARGS)
+# Not part of `make test`: ten minutes of load on loopback while OPA, PostgreSQL and the audit
+# database go away and come back (bench/soak.py; summary in .soak/summary.md, exit 1 on a violation).
+SOAK_MINUTES ?= 10
+soak: setup
+	@scripts/postgres.sh $(PY) bench/soak.py --minutes $(SOAK_MINUTES)
+
+# The fuzz targets for longer than the seconds they get in `make test`.
+FUZZ_EXAMPLES ?= 5000
+fuzz: setup
+	@WARDGATE_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q -p no:cacheprovider tests/fuzz/test_fuzz_parsers.py
 
 clean:
 	rm -rf $(VENV) $(BIN_DIR) tests/node/node_modules

@@ -93,6 +93,26 @@ class EgressSettings(_Section):
         return parse_duration(value)
 
 
+class LimitsSettings(_Section):
+    """What one client may send and hold open, and how long an upstream may take (docs/hardening.md)."""
+
+    max_header_bytes: int = Field(default=32768, ge=1024, le=1 << 20)  # request line + headers → 431
+    max_headers: int = Field(default=100, ge=8, le=1000)  # header fields → 431
+    max_body_bytes: int = Field(default=10 << 20, ge=1024)  # request body → 413, checked as it arrives
+    header_timeout: float = Field(default=10.0, gt=0, le=300)  # first byte of a request to end of its head
+    idle_timeout: float = Field(default=300.0, gt=0)  # a connection or tunnel waiting for its next request
+    max_tunnels_per_agent: int = Field(default=64, ge=1)  # open CONNECT tunnels → 429
+    requests_per_second: float = Field(default=50.0, gt=0)  # per agent, token bucket → 429 + Retry-After
+    burst: int = Field(default=100, ge=1)
+    # An upstream must send its response head, and then a buffered body, within this → 504 upstream_timeout.
+    upstream_timeout: float = Field(default=60.0, gt=0)
+
+    @field_validator("header_timeout", "idle_timeout", "upstream_timeout", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> float:
+        return parse_duration(value)
+
+
 class AdminSettings(_Section):
     listen: Listener = Listener(port=8081)
 
@@ -381,6 +401,7 @@ class Settings(_Section):
     home: Path = Path(".wardgate")
     proxy: ProxySettings = ProxySettings()
     egress: EgressSettings = EgressSettings()
+    limits: LimitsSettings = LimitsSettings()
     admin: AdminSettings = AdminSettings()
     opa: OpaSettings = OpaSettings()
     identity: IdentitySettings = IdentitySettings()

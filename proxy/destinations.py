@@ -93,8 +93,7 @@ class DestinationPin:
         self._audit_timeout = audit_timeout
         # client connection id → {(host, port): vetted address}
         self._vetted: dict[str, dict[tuple[str, int], str]] = {}
-        # server connection id → the (host, port) it was opened for, while it connects
-        self._named: dict[str, tuple[str, int]] = {}
+        self._names: dict[str, tuple[str, int]] = {}  # server connection id → the name it was pinned for
 
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
         if not call_of(flow).decide_on_body:
@@ -133,22 +132,22 @@ class DestinationPin:
             return
         if data.server.sni is None and parse_ip_literal(host) is None:
             data.server.sni = host
-        self._named[data.server.id] = (host, port)
         data.server.address = (pinned, port)
+        self._names[data.server.id] = (host, port)
 
     def server_connected(self, data: server_hooks.ServerConnectionHookData) -> None:
-        # The socket is connected to the vetted IP now. Give the connection back the name it was
-        # asked for: mitmproxy finds a reusable keep-alive connection by that address, and with
-        # the IP left in place it opened a new upstream connection for every request until its
-        # limit of five per address stalled the sixth.
-        named = self._named.pop(data.server.id, None)
-        if named is not None:
-            # mitmproxy guards `address` on open connections against accidental re-targeting; this
-            # changes only the bookkeeping name, the socket stays on the vetted IP.
-            object.__setattr__(data.server, "address", named)
+        # Dialled: give the connection its name back. mitmproxy reuses a kept-alive server connection
+        # only for a request naming the same address; with the IP left in place every request in a
+        # tunnel to a name opened a new connection, and the sixth waited forever on mitmproxy's limit
+        # of five connections per address (found by `make soak`).
+        name = self._names.pop(data.server.id, None)
+        if name is not None:
+            # Server.__setattr__ refuses to change the address of an open connection (to stop an addon
+            # from pretending it is connected elsewhere); here it is the very name it was dialled for.
+            object.__setattr__(data.server, "address", name)
 
     def server_connect_error(self, data: server_hooks.ServerConnectionHookData) -> None:
-        self._named.pop(data.server.id, None)
+        self._names.pop(data.server.id, None)
 
     def tcp_start(self, flow: tcp.TCPFlow) -> None:
         log.warning("closing non-HTTP traffic in a tunnel from %s", flow.client_conn.peername)

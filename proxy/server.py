@@ -44,12 +44,16 @@ from .credentials import build_credentials, upstream_ssl_context
 from .destinations import DestinationCheck, DestinationPin
 from .dispatch import HookTable
 from .egress import EgressPolicy
+from .framing import HeadGuard
 from .event_streams import EventStreams
 from .exchange import GatewayExchange
 from .idempotency import Idempotency
 from .intent import IntentRecord
+from .limits import Limits
 from .trace import TraceContext
+from . import upstream_timeout
 from .mcp import McpGateway
+from .upstream_timeout import UpstreamTimeout
 from .workers import WorkerOf, listen_with_reuse_port, run_workers
 
 log = logging.getLogger("wardgate")
@@ -218,11 +222,17 @@ async def serve(
         auth = ProxyAuth(verifier, audit, timeout, revocations)
         pin = DestinationPin(guard, audit, timeout)
         idempotency = Idempotency(idempotency_store, settings.idempotency, audit, timeout)
+        heads = HeadGuard(settings.limits.max_header_bytes, settings.limits.max_headers, settings.limits.max_body_bytes)
+        heads.install()
+        limits = Limits(settings.limits, heads, audit, timeout)
+        upstream_timeout.install()
+        upstream_deadline = UpstreamTimeout(settings.limits.upstream_timeout)
         proxy_master = build_master(
             settings,
             stages.apply(settings.bench.unsafe_skip_stages, [
                 TraceContext(),
                 auth,
+                limits,
                 DestinationCheck(audit, timeout),
                 # Marks MCP calls, whose decision waits for the body (`request` hook, next three addons).
                 McpGateway(settings.mcp, policy, audit, timeout),
@@ -244,9 +254,12 @@ async def serve(
                 AuditTrail(audit),
                 EventStreams(),
                 credentials.stream_scrubber,
+                upstream_deadline,
             ]),
         )
         auth.attach(proxy_master.addons.get("proxyserver"))
+        limits.attach(proxy_master.addons.get("proxyserver"))
+        upstream_deadline.attach(proxy_master.addons.get("proxyserver"))
         refresher = asyncio.create_task(directory.run(), name="agent-directory")
         stack.callback(refresher.cancel)
         revocation_feed = asyncio.create_task(revocations.run(), name="revocation-view")

@@ -161,7 +161,8 @@ def test_non_http_inside_a_tunnel_is_closed(gateway: Gateway) -> None:
 def test_keep_alive_reuses_the_pinned_upstream_connection(gateway: Gateway, upstream: Upstream, scheme: str) -> None:
     """One client connection, twelve requests: all answered, over a single upstream connection
     (the pinned address must not defeat mitmproxy's reuse, which once stalled the sixth request)."""
-    base = upstream.http_url if scheme == "http" else upstream.https_url
+    # By name: the pinned IP differs from the name mitmproxy matches reusable connections by.
+    base = f"{scheme}://localhost:{upstream.http_port if scheme == 'http' else upstream.https_port}"
     proxy = gateway.proxy_with(gateway.mint("acme-bot"))
     prefix = f"/allowed/keepalive/{uuid.uuid4()}"
     with requests.Session() as session:

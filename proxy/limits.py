@@ -1,0 +1,195 @@
+"""Limits: what one agent may hold open and how fast it may call; slow and idle clients are closed.
+
+Runs right after ProxyAuth, so every limit is counted per agent (tenant, agent):
+
+- open CONNECT tunnels above ``max_tunnels_per_agent`` → 429 ``too_many_tunnels`` + Retry-After,
+- requests above ``requests_per_second`` (token bucket of ``burst``) → 429 ``rate_limited`` + Retry-After.
+
+A watchdog closes connections whose request head has been arriving for longer than
+``header_timeout`` (slowloris) and connections or tunnels waiting for their next request for
+longer than ``idle_timeout``. Header size, header count and body size are checked earlier, inside
+the HTTP/1 layer (``framing.py``); the body refusal is recorded here, in the ``error`` hook.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+from mitmproxy import connection, http
+
+from wardgate.gateway.audit import AuditWriter
+from wardgate.gateway.errors import TooManyRequests, WardgateError
+from wardgate.gateway.settings import LimitsSettings
+
+from .call import KEY, call_of
+from .framing import BODY_LIMIT_MESSAGE, HeadGuard
+from .refusals import refuse
+
+log = logging.getLogger("wardgate.proxy")
+AgentKey = tuple[str, str]
+
+
+@dataclass(slots=True)
+class TokenBucket:
+    rate: float
+    capacity: float
+    tokens: float
+    updated: float
+
+    def take(self, now: float) -> float:
+        """0 if a token was taken, else the seconds until one will be there."""
+        self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return 0.0
+        return (1 - self.tokens) / self.rate
+
+
+class Limits:
+    def __init__(self, settings: LimitsSettings, heads: HeadGuard, audit: AuditWriter, audit_timeout: float,
+                 tick: float = 0.25) -> None:
+        self._settings = settings
+        self._heads = heads
+        self._audit = audit
+        self._audit_timeout = audit_timeout
+        self._tick = tick
+        self._buckets: dict[AgentKey, TokenBucket] = {}
+        self._tunnels: dict[AgentKey, set[str]] = {}
+        self._tunnel_owner: dict[str, AgentKey] = {}
+        self._waiting: dict[str, float] = {}  # client id → since when it waits for its next request
+        self._proxyserver: object | None = None
+        self._watchdog: asyncio.Task[None] | None = None
+
+    def attach(self, proxyserver: object) -> None:
+        self._proxyserver = proxyserver
+
+    # -- per-agent counts -------------------------------------------------------------------
+
+    async def _too_many(self, flow: http.HTTPFlow, error: WardgateError, retry_after: float) -> None:
+        await refuse(flow, error, self._audit, self._audit_timeout)
+        assert flow.response is not None
+        flow.response.headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
+
+    async def http_connect(self, flow: http.HTTPFlow) -> None:
+        principal = call_of(flow).principal
+        if flow.response is not None or principal is None:
+            return
+        key = (principal.tenant, principal.agent)
+        open_tunnels = self._tunnels.setdefault(key, set())
+        if len(open_tunnels) >= self._settings.max_tunnels_per_agent:
+            error = TooManyRequests(f"agent has {len(open_tunnels)} tunnels open, the limit", code="too_many_tunnels")
+            await self._too_many(flow, error, 1)
+            return
+        open_tunnels.add(flow.client_conn.id)
+        self._tunnel_owner[flow.client_conn.id] = key
+        self._waiting[flow.client_conn.id] = time.monotonic()
+
+    async def requestheaders(self, flow: http.HTTPFlow) -> None:
+        self._waiting.pop(flow.client_conn.id, None)
+        principal = call_of(flow).principal
+        if flow.response is not None or principal is None:
+            return
+        key = (principal.tenant, principal.agent)
+        now = time.monotonic()
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = TokenBucket(
+                self._settings.requests_per_second, float(self._settings.burst), float(self._settings.burst), now
+            )
+        wait = bucket.take(now)
+        if wait > 0:
+            error = TooManyRequests(f"agent exceeds {self._settings.requests_per_second:g} requests per second")
+            await self._too_many(flow, error, wait)
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        if flow.response is not None and flow.response.status_code != 101 and flow.client_conn.connected:
+            self._waiting[flow.client_conn.id] = time.monotonic()
+
+    async def error(self, flow: http.HTTPFlow) -> None:
+        if flow.error is not None and flow.error.msg == BODY_LIMIT_MESSAGE:
+            await self._body_refused(flow)
+        elif flow.client_conn.connected:
+            self._waiting[flow.client_conn.id] = time.monotonic()
+
+    async def _body_refused(self, flow: http.HTTPFlow) -> None:
+        """413 from framing.py: a refusal if no addon saw the call yet, else the outcome of its intent."""
+        seen = KEY in flow.metadata
+        call = call_of(flow)
+        latency = (time.perf_counter() - call.started) * 1000
+        if seen:
+            # Chunked body: the call was judged (and maybe its intent recorded) on its head. It never
+            # left; its outcome says why, so AuditTrail does not call it an upstream error.
+            if call.forwarded_at is not None and not flow.metadata.get("wardgate.outcome"):
+                flow.metadata["wardgate.outcome"] = True
+                self._audit.record_later(call.record(flow, "outcome", status=413, error="request_too_large",
+                                                     latency_total_ms=latency))
+            return
+        record = call.record(flow, "refusal", status=413, error="request_too_large", latency_total_ms=latency)
+        record.decision = "deny"
+        record.reasons = ["body_bytes"]
+        try:
+            await self._audit.commit(record, self._audit_timeout, spool_on_failure=True)
+        except WardgateError as audit_error:
+            log.error("refusal of call %s not committed in time: %s", call.call_id, audit_error.code)
+
+    def client_connected(self, client: connection.Client) -> None:
+        self._waiting[client.id] = time.monotonic()
+
+    def client_disconnected(self, client: connection.Client) -> None:
+        self._waiting.pop(client.id, None)
+        self._heads.head_started.pop(client.id, None)
+        key = self._tunnel_owner.pop(client.id, None)
+        if key is not None:
+            owned = self._tunnels.get(key)
+            if owned is not None:
+                owned.discard(client.id)
+                if not owned:
+                    del self._tunnels[key]
+
+    # -- watchdog ---------------------------------------------------------------------------
+
+    def running(self) -> None:
+        if self._watchdog is None:
+            self._watchdog = asyncio.create_task(self._watch_forever(), name="limits-watchdog")
+
+    def done(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+
+    def _close(self, client_id: str, why: str) -> None:
+        self._waiting.pop(client_id, None)
+        self._heads.head_started.pop(client_id, None)
+        handler = getattr(self._proxyserver, "connections", {}).get(client_id)
+        if handler is None:
+            return
+        log.info("closing client connection %s: %s", client_id, why)
+        with contextlib.suppress(KeyError, AssertionError):
+            handler.close_connection(handler.client)
+
+    def sweep(self, now: float) -> None:
+        for client_id, since in list(self._heads.head_started.items()):
+            if now - since > self._settings.header_timeout:
+                self._close(client_id, "header_timeout")
+        for client_id, since in list(self._waiting.items()):
+            if client_id not in self._heads.head_started and now - since > self._settings.idle_timeout:
+                self._close(client_id, "idle_timeout")
+        # Buckets of agents that have been quiet long enough to be full again cost nothing to forget.
+        refill = self._settings.burst / self._settings.requests_per_second
+        for key, bucket in list(self._buckets.items()):
+            if now - bucket.updated > refill:
+                del self._buckets[key]
+
+    async def _watch_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._tick)
+            try:
+                self.sweep(time.monotonic())
+            except Exception:  # noqa: BLE001 - the watchdog must keep running
+                log.exception("limits watchdog failed")
