@@ -10,6 +10,8 @@ from pathlib import Path
 
 from aiohttp import web
 
+from support import LoopbackServer
+
 
 @dataclass
 class CountingUpstream:
@@ -23,8 +25,7 @@ class CountingUpstream:
     arrived: threading.Event = field(default_factory=threading.Event)
     port: int = 0
     _release: asyncio.Event | None = None
-    _loop: asyncio.AbstractEventLoop | None = None
-    _thread: threading.Thread | None = None
+    _server: LoopbackServer | None = None
 
     @property
     def url(self) -> str:
@@ -48,36 +49,21 @@ class CountingUpstream:
         return web.json_response({"path": request.path_qs})
 
     def release(self) -> None:
-        assert self._loop is not None and self._release is not None
-        self._loop.call_soon_threadsafe(self._release.set)
+        assert self._server is not None and self._server.loop is not None and self._release is not None
+        self._server.loop.call_soon_threadsafe(self._release.set)
 
     def start(self) -> None:
-        ready = threading.Event()
-
-        def run() -> None:
-            loop = asyncio.new_event_loop()
-            self._loop = loop
+        def build() -> web.Application:
             self._release = asyncio.Event()
             app = web.Application()
             app.router.add_post("/allowed/charge", self._charge)
             app.router.add_post("/approve/charge", self._charge)
             app.router.add_get("/allowed/{tail:.*}", self._read)
-            runner = web.AppRunner(app, access_log=None)
-            loop.run_until_complete(runner.setup())
-            site = web.TCPSite(runner, "127.0.0.1", 0)
-            loop.run_until_complete(site.start())
-            self.port = site._server.sockets[0].getsockname()[1]
-            ready.set()
-            loop.run_forever()
-            loop.run_until_complete(runner.cleanup())
-            loop.close()
+            return app
 
-        self._thread = threading.Thread(target=run, daemon=True)
-        self._thread.start()
-        assert ready.wait(10)
+        self._server = LoopbackServer(build, [None])
+        (self.port,) = self._server.start()
 
     def stop(self) -> None:
-        if self._loop:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-        if self._thread:
-            self._thread.join(10)
+        if self._server:
+            self._server.stop()

@@ -8,10 +8,12 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,6 +58,56 @@ class SeenRequest:
     peer_port: int | None = None  # the connecting side's port: one per upstream connection
 
 
+class LoopbackServer:
+    """An aiohttp application served on 127.0.0.1 from its own thread and event loop.
+
+    ``start()`` binds one port per entry of ``tls`` (None for plain HTTP, else the server's SSL
+    context) and returns them in that order.
+    """
+
+    def __init__(self, build: Callable[[], web.Application], tls: list[ssl.SSLContext | None]) -> None:
+        self._build = build
+        self._tls = tls
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> list[int]:
+        ready = threading.Event()
+        ports: list[int] = []
+
+        def run() -> None:
+            loop = self.loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(loop)
+            runner = web.AppRunner(self._build(), access_log=None)
+            loop.run_until_complete(runner.setup())
+            for context in self._tls:
+                site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
+                loop.run_until_complete(site.start())
+                ports.append(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+            ready.set()
+            loop.run_forever()
+            loop.run_until_complete(runner.cleanup())
+            loop.close()
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+        assert ready.wait(10)
+        return ports
+
+    def stop(self) -> None:
+        if self.loop:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+        if self._thread:
+            self._thread.join(10)
+
+
+def server_tls(ca: trustme.CA) -> ssl.SSLContext:
+    """A server context with a certificate from ``ca`` for localhost and 127.0.0.1."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost", "127.0.0.1").configure_cert(context)
+    return context
+
+
 @dataclass
 class Upstream:
     """An aiohttp server on 127.0.0.1, plain and TLS, in its own thread; records what reached it."""
@@ -64,8 +116,7 @@ class Upstream:
     seen: list[SeenRequest] = field(default_factory=list)
     http_port: int = 0
     https_port: int = 0
-    _loop: asyncio.AbstractEventLoop | None = None
-    _thread: threading.Thread | None = None
+    _server: LoopbackServer | None = None
 
     @property
     def http_url(self) -> str:
@@ -84,37 +135,17 @@ class Upstream:
         return web.json_response({"path": request.path_qs, "method": request.method, "headers": dict(request.headers)})
 
     def start(self) -> None:
-        ready = threading.Event()
-
-        def run() -> None:
-            loop = asyncio.new_event_loop()
-            self._loop = loop
+        def build() -> web.Application:
             app = web.Application()
             app.router.add_route("*", "/{tail:.*}", self._handle)
-            runner = web.AppRunner(app, access_log=None)
-            loop.run_until_complete(runner.setup())
-            plain = web.TCPSite(runner, "127.0.0.1", 0)
-            loop.run_until_complete(plain.start())
-            ssl_ctx = __import__("ssl").create_default_context(__import__("ssl").Purpose.CLIENT_AUTH)
-            self.ca.issue_cert("localhost", "127.0.0.1").configure_cert(ssl_ctx)
-            tls = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ssl_ctx)
-            loop.run_until_complete(tls.start())
-            self.http_port = plain._server.sockets[0].getsockname()[1]
-            self.https_port = tls._server.sockets[0].getsockname()[1]
-            ready.set()
-            loop.run_forever()
-            loop.run_until_complete(runner.cleanup())
-            loop.close()
+            return app
 
-        self._thread = threading.Thread(target=run, daemon=True)
-        self._thread.start()
-        assert ready.wait(10)
+        self._server = LoopbackServer(build, [None, server_tls(self.ca)])
+        self.http_port, self.https_port = self._server.start()
 
     def stop(self) -> None:
-        if self._loop:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-        if self._thread:
-            self._thread.join(10)
+        if self._server:
+            self._server.stop()
 
     def count(self, path_prefix: str) -> int:
         return sum(1 for r in self.seen if r.path.startswith(path_prefix))

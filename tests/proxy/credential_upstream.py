@@ -10,15 +10,13 @@ import gzip
 import hashlib
 import json
 import os
-import ssl
-import threading
 from dataclasses import dataclass, field
 
 import brotli
 import trustme
 from aiohttp import web
 
-from support import SeenRequest
+from support import LoopbackServer, SeenRequest, server_tls
 
 
 @dataclass
@@ -42,8 +40,7 @@ class CredentialUpstream:
         self.plain_port = 0
         self.tokens = TokenEndpoint()
         self._count = tls_ports
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        self._server: LoopbackServer | None = None
 
     def url(self, index: int, path: str, host: str = "localhost") -> str:
         return f"https://{host}:{self.ports[index]}{path}"
@@ -150,37 +147,17 @@ class CredentialUpstream:
             "Location": f"{query['redirect_uri']}{separator}code={code}&state={query['state']}"})
 
     def start(self) -> None:
-        ready = threading.Event()
-
-        def run() -> None:
-            loop = asyncio.new_event_loop()
-            self._loop = loop
+        def build() -> web.Application:
             app = web.Application()
             app.router.add_post("/oauth/token", self._token)
             app.router.add_get("/oauth/authorize", self._authorize)
             app.router.add_route("*", "/{tail:.*}", self._echo)
-            runner = web.AppRunner(app, access_log=None)
-            loop.run_until_complete(runner.setup())
-            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            self.ca.issue_cert("localhost", "127.0.0.1").configure_cert(context)
-            plain = web.TCPSite(runner, "127.0.0.1", 0)
-            loop.run_until_complete(plain.start())
-            self.plain_port = plain._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-            for _ in range(self._count):
-                site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
-                loop.run_until_complete(site.start())
-                self.ports.append(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
-            ready.set()
-            loop.run_forever()
-            loop.run_until_complete(runner.cleanup())
-            loop.close()
+            return app
 
-        self._thread = threading.Thread(target=run, daemon=True)
-        self._thread.start()
-        assert ready.wait(10)
+        context = server_tls(self.ca)
+        self._server = LoopbackServer(build, [None] + [context] * self._count)
+        self.plain_port, *self.ports = self._server.start()
 
     def stop(self) -> None:
-        if self._loop:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-        if self._thread:
-            self._thread.join(10)
+        if self._server:
+            self._server.stop()
