@@ -349,6 +349,8 @@ def main() -> None:
     parser.add_argument("--no-others", action="store_true", help="skip the feature benchmarks")
     parser.add_argument("--workers-check", action="store_true")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--concurrency", type=int, action="append", help="only these concurrencies (repeatable)")
+    parser.add_argument("--scheme", choices=["http", "https"], action="append", help="only these schemes (repeatable)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     load_before = os.getloadavg()[0]
@@ -388,8 +390,8 @@ def main() -> None:
                 else:
                     target, gw = start_wardgate(root / name.replace(" ", "_"), name, ca_file, ports["https"], skipped or [])
                 try:
-                    for scheme in ("http", "https"):
-                        for concurrency in (1, 8, 64):
+                    for scheme in args.scheme or ("http", "https"):
+                        for concurrency in args.concurrency or (1, 8, 64):
                             result = load(target, urls[scheme], concurrency, args.duration, args.warmup)
                             row = {"target": name, "scheme": scheme, "concurrency": concurrency, **result}
                             rows.append(row)

@@ -12,13 +12,13 @@ undefined, malformed — is :class:`DependencyUnavailable` (``policy_unavailable
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from datetime import datetime, timezone
 from typing import Any, Literal
 
 import aiohttp
 from yarl import URL
-from opa_client.opa_async import AsyncOpaClient
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError
 
 from .errors import DependencyUnavailable
@@ -106,14 +106,19 @@ class PolicyInput(_Doc):
 
 
 def time_input(now: float | None = None) -> TimeInput:
+    return TimeInput(**time_document(now))
+
+
+def time_document(now: float | None = None) -> dict[str, Any]:
+    """``time_input(now)`` as the plain dict that goes into the input document."""
     now = time.time() if now is None else now
     moment = datetime.fromtimestamp(now, tz=timezone.utc)
-    return TimeInput(
-        unix=now,
-        rfc3339=moment.isoformat().replace("+00:00", "Z"),
-        weekday=moment.weekday(),
-        hour=moment.hour,
-    )
+    return {
+        "unix": now,
+        "rfc3339": moment.isoformat().replace("+00:00", "Z"),
+        "weekday": moment.weekday(),
+        "hour": moment.hour,
+    }
 
 
 def policy_headers(headers: list[tuple[str, str]]) -> dict[str, str]:
@@ -144,46 +149,66 @@ class Decision(BaseModel):
 
 
 class PolicyClient:
-    """Asks OPA for decisions over one reused connection pool (opa-python-client's async client).
+    """Asks OPA for decisions over one long-lived keep-alive connection pool (aiohttp).
 
-    Retries are off: a decision that is late is a denial, and the agent may retry itself.
+    The input document is serialised once with the stdlib ``json`` and posted straight to OPA's Data
+    API (``POST /v1/data/<decision_path>``); the answer is checked by :func:`read_decision`, which
+    accepts exactly what :class:`Decision` accepts. Retries are off: a decision that is late is a
+    denial, and the agent may retry itself. (opa-python-client was dropped: its per-query overhead
+    was the largest part of the policy stage; see docs/architecture.md.)
     """
 
-    def __init__(self, url: str, decision_path: str, timeout: float) -> None:
-        parsed = URL(url)
-        self._client = AsyncOpaClient(
-            host=parsed.host or "127.0.0.1", port=parsed.port or 8181, retries=0, timeout=timeout
-        )
-        self._package, _, self._rule = decision_path.replace("/", ".").rpartition(".")
+    def __init__(self, url: str, decision_path: str, timeout: float, pool_size: int = 100) -> None:
+        self._path = "/v1/data/" + decision_path.strip("/").replace(".", "/")
+        self._url = URL(url.rstrip("/") + self._path)
         self._timeout = timeout
+        self._pool_size = pool_size
+        self._session: aiohttp.ClientSession | None = None
         # Digest of the policy files being served, when wardgate manages OPA (audit: policy_revision).
         self.revision: str | None = None
 
+    def _open(self) -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(limit=self._pool_size, keepalive_timeout=30.0, ssl=False)
+        return aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=self._timeout),
+            skip_auto_headers=("User-Agent",),
+        )
+
     async def retarget(self, url: str) -> None:
         """Send new queries to ``url``; queries already in flight finish on the old connection."""
-        parsed = URL(url)
-        client = AsyncOpaClient(host=parsed.host or "127.0.0.1", port=parsed.port or 8181, retries=0, timeout=self._timeout)
-        await client.__aenter__()
-        old, self._client = self._client, client
+        session = self._open()
+        old, self._session = self._session, session
+        self._url = URL(url.rstrip("/") + self._path)
 
         async def close_later() -> None:
             await asyncio.sleep(self._timeout + 1.0)
-            await old.close_connection()
+            if old is not None:
+                await old.close()
 
         self._closing = asyncio.create_task(close_later())
 
     async def __aenter__(self) -> "PolicyClient":
-        await self._client.__aenter__()
+        self._session = self._open()
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        await self._client.close_connection()
+        if self._session is not None:
+            await self._session.close()
 
-    async def decide(self, document: PolicyInput) -> Decision:
-        payload = document.model_dump(mode="json", exclude_none=True)
+    async def decide(self, document: PolicyInput | dict[str, Any]) -> Decision:
+        """The decision on ``document`` (a plain dict shaped like :class:`PolicyInput`, or the model)."""
+        if isinstance(document, BaseModel):
+            document = document.model_dump(mode="json", exclude_none=True)
+        assert self._session is not None, "PolicyClient used outside 'async with'"
+        body = json.dumps({"input": document}, separators=(",", ":"))
         try:
             async with asyncio.timeout(self._timeout):
-                answer = await self._client.query_rule(payload, self._package, self._rule)
+                async with self._session.post(
+                    self._url, data=body, headers=_JSON_HEADERS
+                ) as response:
+                    response.raise_for_status()
+                    answer = json.loads(await response.read())
         except TimeoutError:
             raise _unavailable("policy engine did not answer in time", "policy_timeout") from None
         except (aiohttp.ClientError, OSError, ValueError):
@@ -193,11 +218,47 @@ class PolicyClient:
             raise _unavailable("policy decision is undefined", "policy_undefined")
         if not isinstance(result, dict):
             raise _unavailable("policy decision is not an object", "policy_malformed")
-        try:
-            decision = Decision.model_validate({**result, "decision_id": answer.get("decision_id")})
-        except ValidationError:
-            raise _unavailable("policy decision is malformed", "policy_malformed") from None
+        decision = read_decision(result, answer.get("decision_id"))
+        if decision is None:
+            raise _unavailable("policy decision is malformed", "policy_malformed")
         return decision
+
+
+_JSON_HEADERS = {"Content-Type": "application/json"}
+
+
+def _strings(value: object) -> bool:
+    return type(value) is list and all(type(item) is str for item in value)
+
+
+def read_decision(result: dict[str, Any], decision_id: object = None) -> Decision | None:
+    """``Decision.model_validate({**result, "decision_id": decision_id})`` without pydantic's cost.
+
+    Accepts exactly what the model accepts (strict bools, lists of strings, an object for
+    ``limits``, a string or null ``decision_id``; other keys ignored) and returns None for anything
+    the model would reject. The model itself is built with ``model_construct``: no second check.
+    """
+    allow = result.get("allow")
+    if type(allow) is not bool:
+        return None
+    values: dict[str, Any] = {"allow": allow, "decision_id": decision_id}
+    if decision_id is not None and type(decision_id) is not str:
+        return None
+    for name in ("require_approval", "report_only"):
+        if name in result:
+            if type(result[name]) is not bool:
+                return None
+            values[name] = result[name]
+    for name in ("reasons", "redact"):
+        if name in result:
+            if not _strings(result[name]):
+                return None
+            values[name] = list(result[name])
+    if "limits" in result:
+        if type(result["limits"]) is not dict:
+            return None
+        values["limits"] = result["limits"]
+    return Decision.model_construct(**values)
 
 
 def _unavailable(message: str, reason: str) -> DependencyUnavailable:

@@ -6,6 +6,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from mitmproxy import http
 
@@ -14,7 +15,7 @@ from wardgate.gateway.identity import Principal
 from wardgate.gateway.ids import new_id
 from wardgate.gateway.errors import ErrorResponse, WardgateError
 from wardgate.gateway.mcp import redact
-from wardgate.gateway.policy import Decision, McpInput, PolicyInput
+from wardgate.gateway.policy import Decision, McpInput
 
 KEY = "wardgate.call"
 
@@ -39,7 +40,7 @@ class Call:
     # How a refusal of this call is rendered when not as wardgate's JSON error (MCP: JSON-RPC error).
     render_error: Callable[[WardgateError, str], ErrorResponse] | None = None
     # The document the decision was asked on; kept with the intent or refusal record.
-    policy_document: PolicyInput | None = None
+    policy_document: dict[str, Any] | None = None
     # Denied, but the policy is in report mode for this caller: recorded as would_deny, forwarded.
     would_deny: bool = False
     policy_revision: str | None = None
@@ -92,9 +93,11 @@ class Call:
 
     def _recorded_input(self) -> str:
         assert self.policy_document is not None
-        document = self.policy_document.model_dump(mode="json", exclude_none=True)
+        document = self.policy_document
         mcp = document.get("mcp")
         if mcp and "arguments" in mcp:
+            document, mcp = {**document}, {**mcp}
+            document["mcp"] = mcp
             paths = self.decision.redact if self.decision is not None else None
             # No decision (policy unavailable): nobody said what is sensitive, so keep nothing.
             mcp["arguments"] = redact(mcp["arguments"], paths) if paths is not None else {}

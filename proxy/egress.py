@@ -10,22 +10,14 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 from urllib.parse import parse_qs
 
 from mitmproxy import http
 
 from wardgate.gateway.audit import AuditWriter
 from wardgate.gateway.errors import PolicyDenied, WardgateError
-from wardgate.gateway.policy import (
-    CredentialInput,
-    IdentityInput,
-    PolicyClient,
-    PolicyInput,
-    RequestInput,
-    RunInput,
-    policy_headers,
-    time_input,
-)
+from wardgate.gateway.policy import PolicyClient, policy_headers, time_document
 
 from .call import call_of
 from .refusals import refuse
@@ -33,28 +25,51 @@ from .refusals import refuse
 log = logging.getLogger("wardgate.policy")
 
 
-def policy_input(flow: http.HTTPFlow) -> PolicyInput:
+def policy_input(flow: http.HTTPFlow) -> dict[str, Any]:
+    """The input document for this call, as the plain dict posted to OPA.
+
+    Shaped exactly like ``PolicyInput(...).model_dump(mode="json", exclude_none=True)`` (the model
+    stays the documented schema; tests/proxy/test_policy_input_document.py holds them together),
+    built without pydantic because it is built for every call.
+    """
     call = call_of(flow)
-    assert call.principal is not None
+    principal = call.principal
+    assert principal is not None
     request = flow.request
     path, _, query = request.path.partition("?")
-    principal = call.principal
-    return PolicyInput(
-        identity=IdentityInput(**principal.as_policy_identity()),
-        request=RequestInput(
-            method=request.method,
-            scheme="https" if request.scheme == "https" else "http",
-            host=request.pretty_host.lower(),
-            port=request.port,
-            path=path or "/",
-            query=parse_qs(query, keep_blank_values=True),
-            headers=policy_headers(list(request.headers.items(multi=True))),
-        ),
-        credential=CredentialInput(service=call.credential_service) if call.credential_service else None,
-        mcp=call.mcp,
-        run=RunInput(id=principal.run, step=call.step or request.headers.get("x-wardgate-step")) if principal.run else None,
-        time=time_input(),
-    )
+    identity: dict[str, Any] = {
+        "agent": principal.agent,
+        "user": principal.user,
+        "tenant": principal.tenant,
+        "scopes": list(principal.scopes),
+        "token_id": principal.token_id,
+        "issuer": principal.issuer,
+    }
+    if principal.run is not None:
+        identity["run"] = principal.run
+    headers = request.headers
+    document: dict[str, Any] = {
+        "version": 1,
+        "identity": identity,
+        "request": {
+            "method": request.method,
+            "scheme": "https" if request.scheme == "https" else "http",
+            "host": request.pretty_host.lower(),
+            "port": request.port,
+            "path": path or "/",
+            "query": parse_qs(query, keep_blank_values=True) if query else {},
+            "headers": policy_headers(headers.items(multi=True)),
+        },
+    }
+    if call.credential_service:
+        document["credential"] = {"service": call.credential_service}
+    if call.mcp is not None:
+        document["mcp"] = call.mcp.model_dump(mode="json", exclude_none=True)
+    if principal.run:
+        step = call.step or headers.get("x-wardgate-step")
+        document["run"] = {"id": principal.run} if step is None else {"id": principal.run, "step": step}
+    document["time"] = time_document()
+    return document
 
 
 class EgressPolicy:

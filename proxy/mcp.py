@@ -211,14 +211,15 @@ class McpGateway:
     async def _allowed_tools(self, flow: http.HTTPFlow, names: list[str]) -> set[str]:
         """Ask the policy once per tool whether this caller may call it; fail closed."""
         base = policy_input(flow)
-        assert base.mcp is not None
+        assert call_of(flow).mcp is not None
+        server, protocol_version = base["mcp"].get("server"), base["mcp"].get("protocol_version")
         gate = asyncio.Semaphore(self._settings.list_concurrency)
 
         async def may_call(name: str) -> bool:
-            probe = McpInput(method="tools/call", tool=name, server=base.mcp.server, kind="request",
-                             protocol_version=base.mcp.protocol_version, listing=True)
+            probe = McpInput(method="tools/call", tool=name, server=server, kind="request",
+                             protocol_version=protocol_version, listing=True)
             async with gate:
-                decision = await self._policy.decide(base.model_copy(update={"mcp": probe}))
+                decision = await self._policy.decide({**base, "mcp": probe.model_dump(mode="json", exclude_none=True)})
             return decision.allow or decision.report_only
 
         verdicts = await asyncio.gather(*(may_call(name) for name in names), return_exceptions=True)
