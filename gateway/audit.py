@@ -24,7 +24,7 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 from .audit_checkpoint import CHECKPOINT_SCHEMA, INSERT_CHECKPOINT, Checkpoint, CheckpointSink, checkpoint_row
@@ -113,7 +113,9 @@ class AuditRecord:
     def canonical(self) -> bytes:
         """The hashed bytes. Numbers are normalised to the column types they are stored as, so a
         record read back from the store hashes exactly as it did when written."""
-        values = asdict(self)
+        # A flat copy (the fields are scalars and a list of strings): dataclasses.asdict's deep copy
+        # cost more than the hashing, on the writer thread, twice per call.
+        values = {name: getattr(self, name) for name in _RECORD_FIELDS}
         for name in _FLOAT_FIELDS:
             if values[name] is not None:
                 values[name] = float(values[name])
