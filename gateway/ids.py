@@ -22,6 +22,11 @@ def new_id(now: float | None = None) -> str:
     return _encode(millis, 10) + _encode(int.from_bytes(os.urandom(10), "big"), 16)
 
 
+def first_id_at(moment: float) -> str:
+    """The smallest id :func:`new_id` can make at ``moment``: a cursor for "from this time on"."""
+    return _encode(int(moment * 1000), 10) + "0" * 16
+
+
 def id_time(identifier: str) -> float:
     """Seconds since the epoch encoded in an id made by :func:`new_id`."""
     millis = 0

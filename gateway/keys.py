@@ -127,6 +127,8 @@ def rotate(folder: Path) -> str:
 
 def retire(folder: Path, kid: str) -> None:
     """Move a revoked key out of the ring (into ``revoked/``) so it no longer verifies or publishes."""
+    if not (folder / "active").exists():
+        raise NotFound(f"no key {kid!r}: there is no key ring in {folder}", code="key_not_found")
     with open(folder / ".lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if (folder / "active").read_text().strip() == kid:

@@ -24,8 +24,11 @@ from ..audit_store import store_exists
 from ..audit_usage import usage_report
 from ..audit_verify import render, verify_store
 from ..errors import NotFound
+from ..ids import first_id_at
 from ._context import CliContext, pass_cli, print_json, print_table
 
+# How far back each `tail -f` poll looks for records committed late (well over audit.commit_timeout).
+TAIL_LOOKBACK = 10.0
 COLUMNS = ["time", "call_id", "kind", "agent", "user", "method", "host", "path", "decision", "status", "error"]
 FORMATS = ["table", "json", "jsonl", "csv"]
 
@@ -104,13 +107,24 @@ def tail(cli: CliContext, lines: int, follow: bool, interval: float, fmt: str, *
     base = _query(filters, max(lines, 1))
     records = list(reversed(query_records(path, base)))
     _print_rows(records, fmt)
-    last = records[-1]["id"] if records else None
+    # Ids order records by creation time, but a record can be committed after a later-made one
+    # (another writer, the same millisecond, a group commit): so each poll looks back over a
+    # window and prints only what it has not printed yet.
+    newest = max((r["time"] for r in records), default=time.time())
+    # What already exists counts as seen: `-n` chose how much of it to show.
+    window = replace(base, oldest_first=True, limit=10000)
+    printed = {r["id"] for r in records} | {
+        r["id"] for r in query_records(path, replace(window, after=first_id_at(newest - TAIL_LOOKBACK)))
+    }
     while follow:
         time.sleep(interval)
-        fresh = query_records(path, replace(base, after=last, oldest_first=True, limit=1000))
+        floor = first_id_at(newest - TAIL_LOOKBACK)
+        fresh = [r for r in query_records(path, replace(window, after=floor)) if r["id"] not in printed]
         if fresh:
             _print_rows(fresh, fmt)
-            last = fresh[-1]["id"]
+            printed.update(r["id"] for r in fresh)
+            newest = max(newest, *(r["time"] for r in fresh))
+            printed = {i for i in printed if i >= floor}
 
 
 def _print_rows(records: list[dict[str, Any]], fmt: str) -> None:

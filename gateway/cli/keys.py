@@ -33,7 +33,9 @@ def rotate(cli: CliContext) -> None:
     click.echo(f"new signing key {kid}")
 
 
-@keys.command("revoke")
+# A kid is an RFC 7638 thumbprint in base64url and may start with "-": read it as the argument,
+# not as an unknown option.
+@keys.command("revoke", context_settings={"ignore_unknown_options": True})
 @click.argument("kid")
 @click.option("--reason", default="", help="Why (kept in the audit record).")
 @pass_cli

@@ -57,6 +57,8 @@ def test_agents_and_tokens(home: Path) -> None:
         (["tokens", "mint", "--agent", "bot", "--user", "alice", "--scope", "admin"], "scope_not_allowed"),
         (["tokens", "mint", "--agent", "bot", "--user", "alice", "--ttl", "soon"], "invalid_ttl"),
         (["audit", "query", "--since", "yesterday"], "invalid_time"),
+        # A kid may start with "-" (base64url): it is the argument, not an unknown option.
+        (["keys", "revoke", "-Oabc"], "key_not_found"),
     ],
 )
 def test_errors_are_one_line_with_a_code(home: Path, args: list[str], code: str) -> None:
