@@ -14,19 +14,17 @@ from pathlib import Path
 
 import aiohttp
 from aiohttp import web
-from yarl import URL
 from mitmproxy import master, options
 from mitmproxy.addons import core, errorcheck, next_layer, proxyserver, tlsconfig
-
-from wardgate.gateway import admin, admin_token, oauth_connect
+from wardgate.gateway import admin, admin_token, approval_api, oauth_connect
 from wardgate.gateway.agents import AgentDirectory, AgentRegistry
+from wardgate.gateway.approvals import ApprovalStore
 from wardgate.gateway.audit_setup import build_writer
 from wardgate.gateway.destinations import DestinationGuard
 from wardgate.gateway.echo import build_echo_app
-from wardgate.gateway import approval_api
-from wardgate.gateway.approvals import ApprovalStore
-from wardgate.gateway.identity import TokenVerifier
+from wardgate.gateway.errors import ConfigError
 from wardgate.gateway.idempotency import IdempotencyStore
+from wardgate.gateway.identity import TokenVerifier
 from wardgate.gateway.issuers import ExternalIssuer
 from wardgate.gateway.keys import KeyRing
 from wardgate.gateway.opa_process import ManagedOpa, wait_healthy
@@ -35,24 +33,24 @@ from wardgate.gateway.policy_reload import PolicyReloader
 from wardgate.gateway.revocations import RevocationView, open_store
 from wardgate.gateway.revoker import Revoker
 from wardgate.gateway.settings import Settings
+from yarl import URL
 
-from . import protocol_errors, stages
-from .audit_trail import AuditTrail
+from . import protocol_errors, stages, upstream_timeout
 from .approval import ApprovalGate
+from .audit_trail import AuditTrail
 from .auth import ProxyAuth
 from .credentials import build_credentials, upstream_ssl_context
 from .destinations import DestinationCheck, DestinationPin
 from .dispatch import HookTable
 from .egress import EgressPolicy
-from .framing import HeadGuard
 from .event_streams import EventStreams
 from .exchange import GatewayExchange
+from .framing import HeadGuard
 from .idempotency import Idempotency
 from .intent import IntentRecord
 from .limits import Limits
-from .trace import TraceContext
-from . import upstream_timeout
 from .mcp import McpGateway
+from .trace import TraceContext
 from .upstream_timeout import UpstreamTimeout
 from .workers import WorkerOf, listen_with_reuse_port, run_workers
 
@@ -148,7 +146,8 @@ async def serve(
             stack.push_async_callback(managed.stop)
             opa_url = managed.url
         else:
-            assert settings.opa.url, "opa.url is required when opa.mode is external"
+            if not settings.opa.url:
+                raise ConfigError('opa.url is required when opa.mode = "external"', code="config_invalid")
             opa_url = settings.opa.url.rstrip("/")
         policy = await stack.enter_async_context(
             PolicyClient(opa_url, settings.opa.decision_path, settings.opa.timeout)
