@@ -120,6 +120,9 @@ def tail(cli: CliContext, lines: int, follow: bool, interval: float, fmt: str, *
         time.sleep(interval)
         floor = first_id_at(newest - TAIL_LOOKBACK)
         fresh = [r for r in query_records(path, replace(window, after=floor)) if r["id"] not in printed]
+        # Ids made in the same millisecond are in random order; creation time and each writer's
+        # sequence are not.
+        fresh.sort(key=lambda r: (r["time"], r["writer"], r["seq"]))
         if fresh:
             _print_rows(fresh, fmt)
             printed.update(r["id"] for r in fresh)

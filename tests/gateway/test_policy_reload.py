@@ -25,7 +25,13 @@ DEADLINE = 30.0
 @pytest.fixture
 def reload_gateway(opa_binary: str, tmp_path: Path) -> Iterator[tuple[Gateway, Path]]:
     data = write_tenant_policy(tmp_path / "data", "rl", [{"host": "127.0.0.1", "methods": ["GET"], "paths": ["/allowed"]}])
-    gw = start_gateway(tmp_path / "gw", policy_paths=[data], env={"WARDGATE_OPA__WATCH_INTERVAL": "0.3"})
+    # The steady load below is one agent calling as fast as it can: lift the per-agent rate limit,
+    # which is not what this test is about (tests/proxy/test_limits.py is).
+    gw = start_gateway(tmp_path / "gw", policy_paths=[data], env={
+        "WARDGATE_OPA__WATCH_INTERVAL": "0.3",
+        "WARDGATE_LIMITS__REQUESTS_PER_SECOND": "100000",
+        "WARDGATE_LIMITS__BURST": "100000",
+    })
     gw.create_agent("rl-bot", "rl", [])
     yield gw, data
     gw.stop()
