@@ -123,6 +123,23 @@ class DestinationGuard:
         if address is not None:
             self._own.add((address, port))
 
+    async def protect_name(self, host: str, port: int) -> None:
+        """Protect ``host:port`` by every address the name has now (wardgate's own database).
+
+        A name that does not resolve within the timeout is protected by name only: its addresses
+        would then be refused anyway if they are internal, which a database's usually are.
+        """
+        self.protect(host, port)
+        if parse_ip_literal(host) is not None:
+            return
+        try:
+            async with asyncio.timeout(self._timeout):
+                infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except (TimeoutError, OSError, UnicodeError):
+            return
+        for info in infos:
+            self.protect(info[4][0].split("%", 1)[0], port)
+
     def allow_exactly(self, host: str, port: int) -> None:
         """Allow one internal ``host:port`` (the demo echo service), nothing else on that host."""
         address = parse_ip_literal(host)

@@ -210,6 +210,11 @@ async def serve(
         for address in (admin_addr, URL(opa_url).authority):
             host, _, port = address.rpartition(":")
             guard.protect(host, int(port))
+        # wardgate's own databases are not reachable through it either.
+        for dsn in (settings.state.url, settings.audit.postgres_dsn):
+            database = URL(dsn.get_secret_value()) if dsn else None
+            if database is not None and database.host:
+                await guard.protect_name(database.host, database.port or 5432)
         if echo_addr:
             host, _, port = echo_addr.rpartition(":")
             guard.allow_exactly(host, int(port))

@@ -87,3 +87,13 @@ def test_exact_allowance_is_one_port_only() -> None:
     assert vet(guard, "127.0.0.1", 8089) == "127.0.0.1"
     with pytest.raises(PolicyDenied):
         vet(guard, "127.0.0.1", 8088)
+
+
+def test_own_database_is_protected_by_every_address_of_its_name() -> None:
+    guard = DestinationGuard(["127.0.0.0/8", "::1/128"])
+    asyncio.run(guard.protect_name("localhost", 5432))
+    for host in ("127.0.0.1", "localhost", "2130706433"):
+        with pytest.raises(PolicyDenied) as caught:
+            vet(guard, host, 5432)
+        assert caught.value.reasons == ["own_listener"]
+    assert vet(guard, "127.0.0.1", 5433) == "127.0.0.1"

@@ -190,3 +190,12 @@ def test_replica_cut_off_from_postgres_refuses_with_503_then_recovers(
         wait_for(gw, upstream, token, (200, None))
     finally:
         gw.stop()
+
+
+def test_the_shared_database_is_not_reachable_through_the_proxy(replicas: tuple[Gateway, Gateway], pg_database: str) -> None:
+    first, _ = replicas
+    port = urlsplit(pg_database).port
+    response = requests.get(f"http://127.0.0.1:{port}/allowed/x", proxies={"http": first.proxy_with(first.mint("acme-bot"))},
+                            timeout=15)
+    assert response.status_code == 403
+    assert response.json()["error"]["reasons"] == ["own_listener"]
