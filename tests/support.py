@@ -43,6 +43,21 @@ def require(component: str, found: bool) -> None:
     pytest.skip(f"{component} is not available")
 
 
+def read_until_closed(sock: socket.socket) -> tuple[bytes, bool]:
+    """Everything the peer sends, and whether it closed the connection (rather than the socket timing out)."""
+    answer = b""
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            return answer, True
+        except TimeoutError:
+            return answer, False
+        if not chunk:
+            return answer, True
+        answer += chunk
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

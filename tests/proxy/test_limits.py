@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from support import Gateway, Upstream, start_gateway
+from support import Gateway, Upstream, read_until_closed, start_gateway
 
 LIMITS = """
 [limits]
@@ -40,20 +40,6 @@ def small(opa_binary: str, tmp_path_factory: pytest.TempPathFactory, acme_policy
 def auth_line(gateway: Gateway, agent: str) -> str:
     token = gateway.mint(agent, scopes=["read", "write"])
     return "Proxy-Authorization: Basic " + base64.b64encode(f"agent:{token}".encode()).decode() + "\r\n"
-
-
-def read_until_closed(sock: socket.socket) -> tuple[bytes, bool]:
-    answer = b""
-    while True:
-        try:
-            chunk = sock.recv(65536)
-        except ConnectionResetError:
-            return answer, True
-        except TimeoutError:
-            return answer, False
-        if not chunk:
-            return answer, True
-        answer += chunk
 
 
 def head_for(upstream: Upstream, path: str, auth: str, extra: str = "", method: str = "GET") -> str:

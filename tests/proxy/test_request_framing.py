@@ -13,7 +13,7 @@ import uuid
 
 import pytest
 
-from support import Gateway, Upstream
+from support import Gateway, Upstream, read_until_closed
 
 # (name, head template, body, expected reason). {target} is the absolute URL, {auth} the Proxy-Authorization line.
 ROWS = [
@@ -48,19 +48,9 @@ def _auth(gateway: Gateway) -> str:
 
 def exchange_until_closed(port: int, payload: bytes, timeout: float = 10) -> tuple[bytes, bool]:
     """Everything the gateway answers, and whether it closed the connection (rather than us timing out)."""
-    answer = b""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
         sock.sendall(payload)
-        while True:
-            try:
-                chunk = sock.recv(65536)
-            except ConnectionResetError:
-                return answer, True
-            except TimeoutError:
-                return answer, False
-            if not chunk:
-                return answer, True
-            answer += chunk
+        return read_until_closed(sock)
 
 
 @pytest.mark.parametrize(("name", "template", "body", "reason"), ROWS, ids=[row[0] for row in ROWS])
