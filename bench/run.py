@@ -169,6 +169,9 @@ def start_wardgate(root: Path, name: str, upstream_ca: Path, https_port: int, sk
                    workers: int | None = None) -> tuple[Target, object]:
     policy = write_tenant_policy(root / "policy", "acme", [{"host": HOST, "methods": ["GET"]}])
     config = f'[services.bench]\nhosts = ["{HOST}"]\nports = [{https_port}]\n'
+    # The per-agent rate limit stays on (every call still takes a token from the bucket); it is set
+    # above what the load can reach so that the run measures cost, not refusals.
+    config += "\n[limits]\nrequests_per_second = 1000000\nburst = 1000000\nmax_tunnels_per_agent = 256\n"
     if skipped:
         config += f"\n[bench]\nunsafe_skip_stages = {json.dumps(skipped)}\n"
     up_args = ["--workers", str(workers)] if workers else None
