@@ -17,11 +17,10 @@ import time
 from datetime import datetime, timezone
 from typing import Any, Literal
 
-import aiohttp
-from yarl import URL
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
 
 from .errors import DependencyUnavailable
+from .opa_transport import OpaTransport, OpaTransportError
 
 # Headers whose values are credentials or session state. Never shown to the policy.
 CREDENTIAL_HEADERS = frozenset(
@@ -149,69 +148,62 @@ class Decision(BaseModel):
 
 
 class PolicyClient:
-    """Asks OPA for decisions over one long-lived keep-alive connection pool (aiohttp).
+    """Asks OPA for decisions over long-lived keep-alive connections (:class:`OpaTransport`).
 
     The input document is serialised once with the stdlib ``json`` and posted straight to OPA's Data
     API (``POST /v1/data/<decision_path>``); the answer is checked by :func:`read_decision`, which
-    accepts exactly what :class:`Decision` accepts. Retries are off: a decision that is late is a
-    denial, and the agent may retry itself. (opa-python-client was dropped: its per-query overhead
-    was the largest part of the policy stage; see docs/architecture.md.)
+    accepts exactly what :class:`Decision` accepts. Retries are off (but for one fresh connection
+    when OPA closed an idle one as the query went out): a decision that is late is a denial, and the
+    agent may retry itself. Neither opa-python-client nor aiohttp's ClientSession is used: their
+    per-query overhead was the largest part of the policy stage (docs/architecture.md).
     """
 
     def __init__(self, url: str, decision_path: str, timeout: float, pool_size: int = 100) -> None:
         self._path = "/v1/data/" + decision_path.strip("/").replace(".", "/")
-        self._url = URL(url.rstrip("/") + self._path)
         self._timeout = timeout
         self._pool_size = pool_size
-        self._session: aiohttp.ClientSession | None = None
+        self._transport = OpaTransport(url, pool_size)
+        self._closing: set[asyncio.Task[None]] = set()
         # Digest of the policy files being served, when wardgate manages OPA (audit: policy_revision).
         self.revision: str | None = None
 
-    def _open(self) -> aiohttp.ClientSession:
-        connector = aiohttp.TCPConnector(limit=self._pool_size, keepalive_timeout=30.0, ssl=False)
-        return aiohttp.ClientSession(
-            connector=connector,
-            timeout=aiohttp.ClientTimeout(total=self._timeout),
-            skip_auto_headers=("User-Agent",),
-        )
-
     async def retarget(self, url: str) -> None:
-        """Send new queries to ``url``; queries already in flight finish on the old connection."""
-        session = self._open()
-        old, self._session = self._session, session
-        self._url = URL(url.rstrip("/") + self._path)
+        """Send new queries to ``url``; queries already in flight finish on the old connections."""
+        old, self._transport = self._transport, OpaTransport(url, self._pool_size)
 
         async def close_later() -> None:
             await asyncio.sleep(self._timeout + 1.0)
-            if old is not None:
-                await old.close()
+            await old.close()
 
-        self._closing = asyncio.create_task(close_later())
+        task = asyncio.create_task(close_later())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     async def __aenter__(self) -> "PolicyClient":
-        self._session = self._open()
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        if self._session is not None:
-            await self._session.close()
+        for task in list(self._closing):
+            task.cancel()
+        await self._transport.close()
 
     async def decide(self, document: PolicyInput | dict[str, Any]) -> Decision:
         """The decision on ``document`` (a plain dict shaped like :class:`PolicyInput`, or the model)."""
         if isinstance(document, BaseModel):
             document = document.model_dump(mode="json", exclude_none=True)
-        assert self._session is not None, "PolicyClient used outside 'async with'"
-        body = json.dumps({"input": document}, separators=(",", ":"))
+        body = json.dumps({"input": document}, separators=(",", ":")).encode()
         try:
             async with asyncio.timeout(self._timeout):
-                async with self._session.post(
-                    self._url, data=body, headers=_JSON_HEADERS
-                ) as response:
-                    response.raise_for_status()
-                    answer = json.loads(await response.read())
+                status, raw = await self._transport.post(self._path, body)
         except TimeoutError:
             raise _unavailable("policy engine did not answer in time", "policy_timeout") from None
-        except (aiohttp.ClientError, OSError, ValueError):
+        except (OpaTransportError, OSError):
+            raise _unavailable("policy engine is unreachable or failed", "policy_error") from None
+        if status != 200:
+            raise _unavailable("policy engine is unreachable or failed", "policy_error")
+        try:
+            answer = json.loads(raw)
+        except ValueError:
             raise _unavailable("policy engine is unreachable or failed", "policy_error") from None
         result = answer.get("result") if isinstance(answer, dict) else None
         if result is None:
@@ -224,7 +216,6 @@ class PolicyClient:
         return decision
 
 
-_JSON_HEADERS = {"Content-Type": "application/json"}
 
 
 def _strings(value: object) -> bool:
