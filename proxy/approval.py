@@ -8,6 +8,8 @@ forwarding. See :mod:`wardgate.gateway.approvals`.
 
 from __future__ import annotations
 
+from collections.abc import Coroutine
+from typing import Any
 import asyncio
 import json
 import logging
@@ -19,6 +21,7 @@ from wardgate.gateway.approvals import ApprovalStore, ParkedCall
 from wardgate.gateway.audit import AuditWriter
 from wardgate.gateway.errors import DependencyUnavailable, PolicyDenied, WardgateError
 from wardgate.gateway.idempotency import fingerprint
+from wardgate.gateway.policy import Decision
 
 from .call import Call, call_of
 from .refusals import refuse
@@ -40,11 +43,14 @@ class ApprovalGate:
         if approval_id and flow.response is not None:
             flow.response.headers[APPROVAL_HEADER] = approval_id
 
-    async def request(self, flow: http.HTTPFlow) -> None:
+    def request(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
         call = call_of(flow)
         decision = call.decision
         if flow.response is not None or call.forwarded_at is None or decision is None or not decision.require_approval:
-            return
+            return None
+        return self._park(flow, call, decision)
+
+    async def _park(self, flow: http.HTTPFlow, call: Call, decision: Decision) -> None:
         principal = call.principal
         assert principal is not None
         request = flow.request

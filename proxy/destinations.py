@@ -13,6 +13,8 @@ check and connect. Non-HTTP traffic inside a tunnel is closed.
 
 from __future__ import annotations
 
+from collections.abc import Coroutine
+from typing import Any
 import logging
 
 from mitmproxy import connection, http, tcp
@@ -99,9 +101,10 @@ class DestinationPin:
         if not call_of(flow).decide_on_body:
             await self._pin(flow)
 
-    async def request(self, flow: http.HTTPFlow) -> None:
+    def request(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
         if call_of(flow).decide_on_body:  # MCP: decided once the body was read
-            await self._pin(flow)
+            return self._pin(flow)
+        return None
 
     async def _pin(self, flow: http.HTTPFlow) -> None:
         call = call_of(flow)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import inspect
 import logging
 import types
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from mitmproxy import exceptions, flow, hooks
@@ -59,20 +59,8 @@ class HookTable(AddonManager):
 
     async def trigger_event(self, event: hooks.Hook) -> None:
         handlers = self.handlers(event.name)
-        if not handlers:
-            return
-        args = event.args()
-        for func in handlers:
-            try:
-                result = func(*args)
-                if result is not None and inspect.isawaitable(result):
-                    await result
-            except exceptions.AddonHalt:
-                return
-            except exceptions.OptionsError:
-                raise
-            except Exception as error:  # noqa: BLE001 - mitmproxy's safecall: log, run the next addon
-                log.error(f"Addon error: {error}", exc_info=True)
+        if handlers:
+            await _call_each(handlers, event.args())
 
     async def handle_lifecycle(self, event: hooks.Hook) -> None:
         await self.trigger_event(event)
@@ -80,3 +68,46 @@ class HookTable(AddonManager):
             message = event.args()[0]
             if isinstance(message, flow.Flow):
                 await self.trigger_event(hooks.UpdateHook([message]))
+
+    def run_inline(self, event: hooks.Hook) -> Coroutine[Any, Any, None] | None:
+        """``handle_lifecycle(event)`` run synchronously as far as it goes without waiting.
+
+        Calls the handlers in chain order, here and now; None when all of them returned without
+        handing back an awaitable. The first handler that returns one (an ``async def`` handler, or a
+        sync one that needs to wait this time) ends the synchronous part: what remains (awaiting
+        it, then the handlers after it) comes back as one coroutine for the caller to run in a
+        task. Same order, same error handling as :meth:`handle_lifecycle`.
+        """
+        if self.handlers("update"):
+            return self.handle_lifecycle(event)
+        handlers = self.handlers(event.name)
+        args = event.args()
+        for position, func in enumerate(handlers):
+            try:
+                result = func(*args)
+            except exceptions.AddonHalt:
+                return None
+            except exceptions.OptionsError:
+                raise
+            except Exception as error:  # noqa: BLE001 - mitmproxy's safecall: log, run the next addon
+                log.error(f"Addon error: {error}", exc_info=True)
+                continue
+            if result is not None and inspect.isawaitable(result):
+                return _call_each(handlers[position + 1:], args, first=result)
+        return None
+
+
+async def _call_each(handlers: tuple[Callable[..., Any], ...], args: list[Any], first: Awaitable[Any] | None = None) -> None:
+    """mitmproxy's safecall over ``handlers`` (after awaiting ``first``, one handler's answer):
+    AddonHalt stops the chain, OptionsError propagates, any other error is logged and the next runs."""
+    for func in ((None, *handlers) if first is not None else handlers):
+        try:
+            result = first if func is None else func(*args)
+            if result is not None and inspect.isawaitable(result):
+                await result
+        except exceptions.AddonHalt:
+            return
+        except exceptions.OptionsError:
+            raise
+        except Exception as error:  # noqa: BLE001 - mitmproxy's safecall: log, run the next addon
+            log.error(f"Addon error: {error}", exc_info=True)

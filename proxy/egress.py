@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Coroutine
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -84,12 +85,14 @@ class EgressPolicy:
             return
         await self._decide(flow)
 
-    async def request(self, flow: http.HTTPFlow) -> None:
-        """Calls whose decision needs the body (MCP, marked by McpGateway) are decided here."""
+    def request(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
+        """Calls whose decision needs the body (MCP, marked by McpGateway) are decided here.
+
+        Sync for every other call (proxy/inline_hooks.py): it hands back a coroutine only to wait."""
         call = call_of(flow)
         if flow.response is not None or call.principal is None or not call.decide_on_body:
-            return
-        await self._decide(flow)
+            return None
+        return self._decide(flow)
 
     async def _decide(self, flow: http.HTTPFlow) -> None:
         call = call_of(flow)

@@ -27,6 +27,8 @@ idempotency claim and credential injection), performs the exchange with aiohttp 
 
 from __future__ import annotations
 
+from collections.abc import Coroutine
+from typing import Any
 import asyncio
 import logging
 import socket
@@ -44,7 +46,7 @@ from wardgate.gateway.destinations import parse_ip_literal
 from wardgate.gateway.errors import UpstreamError, UpstreamTimeout, WardgateError
 from wardgate.gateway.settings import IdempotencySettings
 
-from .call import call_of
+from .call import Call, call_of
 from .destinations import DestinationPin
 from .event_streams import STREAM_BUFFERED
 from .idempotency import CLAIM, UPSTREAM_ANSWERED, Idempotency
@@ -126,10 +128,13 @@ class GatewayExchange:
 
         self._hooks = ctx.master.addons
 
-    async def request(self, flow: http.HTTPFlow) -> None:
+    def request(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
         call = call_of(flow)
         if CLAIM not in flow.metadata or flow.response is not None or call.forwarded_at is None:
-            return
+            return None
+        return self._send(flow, call)
+
+    async def _send(self, flow: http.HTTPFlow, call: Call) -> None:
         task = asyncio.create_task(self._exchange(flow), name=f"exchange {call.call_id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

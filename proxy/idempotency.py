@@ -8,6 +8,8 @@ allowed the call and committed its intent record, and before anything is forward
 
 from __future__ import annotations
 
+from collections.abc import Coroutine
+from typing import Any
 import asyncio
 import logging
 import os
@@ -63,7 +65,12 @@ class Idempotency:
         call_of(flow).forwarded_at = None
         await refuse(flow, error, self._audit, self._audit_timeout)
 
-    async def request(self, flow: http.HTTPFlow) -> None:
+    def request(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
+        if HEADER not in flow.request.headers:
+            return None  # the common case, decided without a task (proxy/inline_hooks.py)
+        return self._checked_request(flow)
+
+    async def _checked_request(self, flow: http.HTTPFlow) -> None:
         try:
             await self._request(flow)
         except Exception as exc:  # noqa: BLE001 - mitmproxy would log and forward: fail closed instead
@@ -154,10 +161,13 @@ class Idempotency:
         except Exception as exc:  # noqa: BLE001
             log.error("idempotency claim of call %s not settled: %s", call_of(flow).call_id, type(exc).__name__)
 
-    async def response(self, flow: http.HTTPFlow) -> None:
+    def response(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
         claim = flow.metadata.pop(CLAIM, None)
         if claim is None or flow.response is None:
-            return
+            return None
+        return self._settle_claim(flow, claim)
+
+    async def _settle_claim(self, flow: http.HTTPFlow, claim: tuple[str, str]) -> None:
         scope, key = claim
         response = flow.response
         body = response.raw_content or b""

@@ -7,6 +7,8 @@ gets 503 ``audit_unavailable`` and nothing is sent upstream.
 
 from __future__ import annotations
 
+from collections.abc import Coroutine
+from typing import Any
 import time
 
 from mitmproxy import http
@@ -27,9 +29,10 @@ class IntentRecord:
         if not call_of(flow).decide_on_body:
             await self._commit(flow)
 
-    async def request(self, flow: http.HTTPFlow) -> None:
+    def request(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
         if call_of(flow).decide_on_body:  # MCP: decided once the body was read
-            await self._commit(flow)
+            return self._commit(flow)
+        return None
 
     async def _commit(self, flow: http.HTTPFlow) -> None:
         call = call_of(flow)

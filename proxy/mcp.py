@@ -13,10 +13,11 @@ given (whole events, rewritten or dropped: where per-event scrubbing plugs in).
 
 from __future__ import annotations
 
+from typing import Any
 import asyncio
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from functools import partial
 
 from mitmproxy import http
@@ -117,10 +118,13 @@ class McpGateway:
         if _is_json(_media_type(flow.request.headers)) or self._declared(flow):
             call.decide_on_body = True
 
-    async def request(self, flow: http.HTTPFlow) -> None:
+    def request(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
         call = call_of(flow)
         if flow.response is not None or call.principal is None or not call.decide_on_body:
-            return
+            return None
+        return self._inspect(flow, call)
+
+    async def _inspect(self, flow: http.HTTPFlow, call: Call) -> None:
         declared = self._declared(flow)
         body = flow.request.raw_content or b""
         try:
@@ -167,13 +171,16 @@ class McpGateway:
         elif self._event_filter is not None:
             flow.metadata.setdefault(STREAM_FILTERS, []).append(SseRelay(self._event_filter))
 
-    async def response(self, flow: http.HTTPFlow) -> None:
+    def response(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
         call = call_of(flow)
         response = flow.response
         if response is None or flow.metadata.get("wardgate.refused") or not _lists_tools(call):
-            return
+            return None
         if response.status_code != 200 or response.stream:
-            return
+            return None
+        return self._filter_answer(flow, call)
+
+    async def _filter_answer(self, flow: http.HTTPFlow, call: Call) -> None:
         try:
             await self._filter_listing(flow, call)
         except WardgateError as error:

@@ -35,7 +35,7 @@ from wardgate.gateway.revoker import Revoker
 from wardgate.gateway.settings import Settings
 from yarl import URL
 
-from . import protocol_errors, stages, upstream_timeout
+from . import inline_hooks, protocol_errors, stages, upstream_timeout
 from .approval import ApprovalGate
 from .audit_trail import AuditTrail
 from .auth import ProxyAuth
@@ -219,6 +219,7 @@ async def serve(
             host, _, port = echo_addr.rpartition(":")
             guard.allow_exactly(host, int(port))
         protocol_errors.install()
+        inline_hooks.install()
         if workers > 1 or worker_of is not None:
             listen_with_reuse_port()
         idempotency_store = IdempotencyStore(settings.home / "idempotency.db")
