@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import shlex
+import sys
 
 import click
 
@@ -73,6 +75,7 @@ def banner(settings: Settings, listeners: object) -> str:
 def up(cli: CliContext, proxy_listen: str | None, admin_listen: str | None, log_level: str, workers: int,
        worker_of: str | None) -> None:
     """Start the gateway. With no config file, runs the embedded demo default."""
+    run_optimised()
     overrides: dict[str, object] = {"proxy_listen": proxy_listen, "admin_listen": admin_listen}
     if cli.uses_embedded_default:
         overrides["demo"] = {"enabled": True}
@@ -91,6 +94,19 @@ def up(cli: CliContext, proxy_listen: str | None, admin_listen: str | None, log_
         click.echo(banner(settings, listeners), err=False)
 
     asyncio.run(serve(settings, on_ready, workers=workers))
+
+
+def run_optimised() -> None:
+    """Re-run this command under ``python -O`` (PYTHONOPTIMIZE=1, inherited by workers).
+
+    Without -O, mitmproxy type-checks every field of every Request and Response it builds and
+    asserts its layers' invariants on every event: about 9% of the proxy's CPU per call (bench/,
+    docs/benchmarks.md). wardgate's own checks never use ``assert``. Only when started as the
+    ``wardgate`` command (not inside a test runner calling the click command)."""
+    if sys.flags.optimize or os.path.basename(sys.argv[0]) not in ("wardgate", "__main__.py"):
+        return
+    os.environ["PYTHONOPTIMIZE"] = "1"
+    os.execv(sys.executable, [sys.executable, "-m", "wardgate.gateway.cli", *sys.argv[1:]])
 
 
 def run_worker(cli: CliContext, overrides: dict[str, object], worker_of: str, log_level: str) -> None:
