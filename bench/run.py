@@ -246,6 +246,16 @@ def markdown(rows: list[dict[str, object]], extras: dict[str, object], meta: dic
     lines += ["", "## Goals (ratios measured in this run)", ""]
     for line in extras.get("goals", []):  # type: ignore[union-attr]
         lines.append(f"- {line}")
+    costs = stage_costs(rows)
+    if costs:
+        lines += ["", "## What each stage costs (8 connections, this run)", "",
+                  "Everything on minus the row with that one stage off: gateway CPU per call (ms) and "
+                  "median latency at 1 connection (ms). Negative or tiny values are within the noise.", "",
+                  "| stage | HTTP CPU ms/call | HTTPS CPU ms/call | HTTP latency c=1 | HTTPS latency c=1 |",
+                  "|---|---:|---:|---:|---:|"]
+        for stage, cells in costs.items():
+            lines.append(f"| {stage} | " + " | ".join(fmt(cells.get(key), 2) for key in
+                                                     ("http_cpu", "https_cpu", "http_lat", "https_lat")) + " |")
     if extras.get("policy_latency"):
         lines += ["", "## OPA decision latency seen by the gateway (everything-on run, from audit records)", ""]
         pl = extras["policy_latency"]
@@ -257,6 +267,27 @@ def markdown(rows: list[dict[str, object]], extras: dict[str, object], meta: dic
     for title, text in extras.get("other", {}).items():  # type: ignore[union-attr]
         lines += ["", f"## {title}", "", "```", str(text), "```"]
     return "\n".join(lines) + "\n"
+
+
+def stage_costs(rows: list[dict[str, object]]) -> dict[str, dict[str, float]]:
+    """Per stage: everything-on minus stage-off, CPU per call at 8 connections, median latency at 1."""
+    def find(target: str, scheme: str, concurrency: int) -> dict[str, object] | None:
+        return next((r for r in rows if r["target"] == target and r["scheme"] == scheme
+                     and r["concurrency"] == concurrency), None)
+
+    costs: dict[str, dict[str, float]] = {}
+    for stage in STAGES:
+        cells: dict[str, float] = {}
+        for scheme in ("http", "https"):
+            on8, off8 = find("wardgate (everything on)", scheme, 8), find(f"wardgate − {stage}", scheme, 8)
+            if on8 and off8 and on8["cpu_ms_per_req"] is not None and off8["cpu_ms_per_req"] is not None:
+                cells[f"{scheme}_cpu"] = on8["cpu_ms_per_req"] - off8["cpu_ms_per_req"]  # type: ignore[operator]
+            on1, off1 = find("wardgate (everything on)", scheme, 1), find(f"wardgate − {stage}", scheme, 1)
+            if on1 and off1 and on1["median_ms"] is not None and off1["median_ms"] is not None:
+                cells[f"{scheme}_lat"] = on1["median_ms"] - off1["median_ms"]  # type: ignore[operator]
+        if cells:
+            costs[stage] = cells
+    return costs
 
 
 def plot(rows: list[dict[str, object]], path: Path) -> None:
