@@ -44,6 +44,10 @@ def _decoded(text: str) -> str:
 
 def _request_markers(request: http.Request) -> tuple[set[str], bool]:
     """Markers in header and query values, and whether one sits in the path itself (never filled in)."""
+    # Most calls carry none: look at the raw bytes before decoding anything. A decoded header
+    # value or path holds "wardgate" only where the raw bytes do (ASCII decodes to itself).
+    if "wardgate" not in request.path and not any(b"wardgate" in raw for _, raw in request.headers.fields):
+        return set(), False
     found: set[str] = set()
     for _, value in request.headers.items(multi=True):
         found |= markers_in(value)
