@@ -39,6 +39,8 @@ class Bindings:
 
     def __init__(self, services: dict[str, ServiceSettings]) -> None:
         self._services = dict(services)
+        # Bindings are immutable: one per service, handed out on every call.
+        self._bindings = [Binding(name, service) for name, service in self._services.items()]
 
     def __bool__(self) -> bool:
         return bool(self._services)
@@ -62,9 +64,10 @@ class Bindings:
         """
         if scheme != "https":
             return None
-        for name, service in self._services.items():
+        for binding in self._bindings:
+            service = binding.service
             if port in service.ports and any(host_matches(pattern, host) for pattern in service.hosts):
-                return Binding(name, service)
+                return binding
         return None
 
 

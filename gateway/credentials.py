@@ -13,11 +13,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 from dataclasses import dataclass
 from urllib.parse import quote, quote_plus
 
 from .assertion import AssertionMinter
 from .bindings import Binding
+from .credential_cache import CredentialCache, Entry
 from .errors import PolicyDenied
 from .oauth import OAuthRefresher
 from .vault import Vault, vault_unavailable
@@ -35,15 +37,19 @@ class Caller:
 
 
 class Injected:
-    """What goes on the wire for one call, and what must never come back. Hidden from ``repr``."""
+    """What goes on the wire for one call, and what must never come back. Hidden from ``repr``.
 
-    __slots__ = ("service", "token", "header_value", "forms")
+    Immutable, so one rendering serves every call that carries the same credential."""
+
+    __slots__ = ("service", "token", "header_value", "forms", "pattern")
 
     def __init__(self, service: str, token: str, header_value: str, forms: tuple[bytes, ...]) -> None:
         self.service = service
         self.token = token  # the value that replaces a placeholder marker or fills a query parameter
         self.header_value = header_value  # the full header value for header/basic/assertion mechanisms
         self.forms = forms
+        # What the response scrubber searches for: any form, longest first.
+        self.pattern = re.compile(b"|".join(re.escape(form) for form in forms))
 
     def __repr__(self) -> str:
         return f"Injected(service={self.service!r}, forms={len(self.forms)})"
@@ -68,10 +74,29 @@ def secret_forms(*values: str) -> tuple[bytes, ...]:
 
 
 class CredentialProvider:
-    def __init__(self, vault: Vault | None, oauth: OAuthRefresher | None, assertions: AssertionMinter) -> None:
+    """Credentials for bound calls. Vault reads are cached while the vault is unchanged
+    (gateway/credential_cache.py); use it from the event loop thread only."""
+
+    def __init__(
+        self, vault: Vault | None, oauth: OAuthRefresher | None, assertions: AssertionMinter,
+        cache: CredentialCache | None = None,
+    ) -> None:
         self._vault = vault
         self._oauth = oauth
         self._assertions = assertions
+        self._cache = cache if cache is not None else CredentialCache()
+
+    async def _stored(self, vault: Vault, tenant: str, user: str, service: str) -> Entry:
+        key = (tenant, user, service)
+        version = vault.version()  # seen before the read below, so an entry is never newer than its tag
+        if version is not None:
+            entry = self._cache.lookup(version, key)
+            if entry is not None:
+                return entry
+        entry = Entry(await asyncio.to_thread(vault.get, tenant, user, service))
+        if version is not None:
+            self._cache.store(version, key, entry)
+        return entry
 
     async def credential_for(self, binding: Binding, caller: Caller) -> Injected:
         service = binding.service
@@ -83,7 +108,8 @@ class CredentialProvider:
             return Injected(binding.name, token, service.template.replace("{token}", token), secret_forms(token))
         if self._vault is None:
             raise vault_unavailable("the credential vault is not configured")
-        credential = await asyncio.to_thread(self._vault.get, caller.tenant, caller.user, binding.name)
+        entry = await self._stored(self._vault, caller.tenant, caller.user, binding.name)
+        credential = entry.credential
         if credential is None:
             raise PolicyDenied(
                 f"no credential for service {binding.name!r} is stored for this user", code="credential_missing"
@@ -96,6 +122,15 @@ class CredentialProvider:
                 token = credential.secret.reveal().decode()
             except UnicodeDecodeError:
                 raise vault_unavailable(f"the stored credential for service {binding.name!r} is not text") from None
+        if entry.rendered is not None and entry.rendered[0] == token:
+            return entry.rendered[1]
+        injected = self._render(binding, token)
+        entry.rendered = (token, injected)
+        return injected
+
+    @staticmethod
+    def _render(binding: Binding, token: str) -> Injected:
+        service = binding.service
         if service.mechanism == "basic":
             encoded = base64.b64encode(token.encode()).decode()
             user, _, password = token.partition(":")

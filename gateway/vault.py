@@ -199,6 +199,10 @@ class Vault:
 
     def __init__(self, path: Path, source: KeySource, *, create_keys: bool = False) -> None:
         self._conn = connect(path, schema=SCHEMA, check_same_thread=False)
+        # Only ever reads PRAGMA data_version (see version()); it never writes, so every commit,
+        # including this process's own through _conn, changes what it reads.
+        self._watch = sqlite3.connect(path, timeout=0, isolation_level=None, check_same_thread=False)
+        self._watch.execute("PRAGMA busy_timeout=0")
         self._lock = threading.RLock()
         self._source = source
         self._create_keys = create_keys
@@ -206,6 +210,23 @@ class Vault:
 
     def close(self) -> None:
         self._conn.close()
+        self._watch.close()
+
+    def version(self) -> int | None:
+        """A number that changes whenever a transaction is committed to the state database by any
+        connection, this process's or another's (CLI, admin API, another worker); None when it
+        cannot be read right now.
+
+        Cheap enough for the event loop (a few microseconds): SQLite answers it from the WAL index
+        in shared memory, and with a busy timeout of zero it never waits for a lock; a busy or
+        failing read is None, and the caller then reads the vault itself. Callers must use it
+        from one thread. ``fetchall`` runs the statement to its end, so no read transaction stays
+        open to hold back checkpoints.
+        """
+        try:
+            return int(self._watch.execute("PRAGMA data_version").fetchall()[0][0])
+        except sqlite3.Error:
+            return None
 
     def _master(self, refresh: bool = False) -> MasterKeys:
         if self._keys is None or refresh:

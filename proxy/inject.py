@@ -44,6 +44,10 @@ def _decoded(text: str) -> str:
 
 def _request_markers(request: http.Request) -> tuple[set[str], bool]:
     """Markers in header and query values, and whether one sits in the path itself (never filled in)."""
+    # Most calls carry none: look at the raw bytes before decoding anything. A decoded header
+    # value or path holds "wardgate" only where the raw bytes do (ASCII decodes to itself).
+    if "wardgate" not in request.path and not any(b"wardgate" in raw for _, raw in request.headers.fields):
+        return set(), False
     found: set[str] = set()
     for _, value in request.headers.items(multi=True):
         found |= markers_in(value)
@@ -95,15 +99,26 @@ def _strip_cookies(request: http.Request, names: list[str]) -> None:
 
 def _replace_markers(request: http.Request, name: str, value: str) -> None:
     """Every ``wardgate:NAME`` marker in header values and query values becomes ``value``."""
-    pattern = re.compile(re.escape(marker(name)) + r"(?![a-z0-9._-])")
-    fields = []
-    for key, raw in request.headers.fields:
-        text = raw.decode("latin-1")
-        fields.append((key, pattern.sub(lambda _: value, text).encode("latin-1")))
-    request.headers.fields = tuple(fields)
-    items = list(request.query.items(multi=True))
-    if any(pattern.search(item) for _, item in items):
-        request.query = [(key, pattern.sub(lambda _: value, item)) for key, item in items]
+    text_marker = marker(name)
+    raw_marker = text_marker.encode()
+    # Most calls carry no marker: look before parsing. Header values are latin-1, byte for byte;
+    # query values are percent-decoded, so any escape may spell a marker.
+    in_headers = any(raw_marker in raw for _, raw in request.headers.fields)
+    _, _, query = request.path.partition("?")
+    in_query = text_marker in query or "%" in query
+    if not (in_headers or in_query):
+        return
+    pattern = re.compile(re.escape(text_marker) + r"(?![a-z0-9._-])")
+    if in_headers:
+        fields = []
+        for key, raw in request.headers.fields:
+            text = raw.decode("latin-1")
+            fields.append((key, pattern.sub(lambda _: value, text).encode("latin-1")))
+        request.headers.fields = tuple(fields)
+    if in_query:
+        items = list(request.query.items(multi=True))
+        if any(pattern.search(item) for _, item in items):
+            request.query = [(key, pattern.sub(lambda _: value, item)) for key, item in items]
 
 
 def _apply(request: http.Request, binding: Binding, injected: Injected) -> None:

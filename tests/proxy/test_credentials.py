@@ -33,7 +33,7 @@ QUERY_KEY = "qk_0123456789abcdefghij"
 HOLDER = "hold_0123456789abcdefghij"
 
 SERVICES = ["bearer", "basic", "query", "holder", "internal", "oauth", "sensitive", "missing", "tampered", "forbidden",
-            "refreshfail", "connected"]
+            "refreshfail", "connected", "changing"]
 PORT = {name: index for index, name in enumerate(SERVICES)}
 UNBOUND = len(SERVICES)  # one more TLS port on localhost that no service lists
 
@@ -62,6 +62,7 @@ def services_toml(up: CredentialUpstream, untrusted_port: int) -> str:
         section("tampered", ""),
         section("forbidden", ""),
         section("refreshfail", ""),
+        section("changing", ""),
         section("untrusted", "", untrusted_port),
         section("connected", "") + (
             "[services.connected.oauth]\n"
@@ -193,6 +194,38 @@ def test_rotating_the_master_key_under_a_running_gateway(cred_gateway: Gateway, 
     response = call(cred_gateway, cred_upstream.url(PORT["bearer"], path))
     assert response.status_code == 200
     assert auth_headers(cred_upstream.last(path).headers, "Authorization") == [f"Bearer {TOKEN}"]
+
+
+def test_a_credential_changed_by_the_cli_is_used_as_changed_on_the_next_call(
+    cred_gateway: Gateway, cred_upstream: CredentialUpstream
+) -> None:
+    """The gateway keeps credentials between calls; a write by another process ends that at once."""
+    env = {**os.environ, "WARDGATE_HOME": str(cred_gateway.home)}
+
+    def creds(action: str, secret: bytes | None = None) -> None:
+        done = subprocess.run(
+            [sys.executable, "-m", "wardgate.gateway.cli", "--config", str(cred_gateway.config), "creds", action,
+             "--tenant", "acme", "--user", "alice", "--service", "changing"],
+            input=secret, capture_output=True, env=env, timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+
+    def sent() -> list[str] | int:
+        path = f"/allowed/{uuid.uuid4()}"
+        response = call(cred_gateway, cred_upstream.url(PORT["changing"], path))
+        if response.status_code != 200:
+            assert cred_upstream.count(path) == 0
+            return response.status_code
+        return auth_headers(cred_upstream.last(path).headers, "Authorization")
+
+    creds("put", b"first-secret-0123456789\n")
+    assert sent() == sent() == ["Bearer first-secret-0123456789"]
+    creds("put", b"second-secret-0123456789\n")
+    assert sent() == ["Bearer second-secret-0123456789"]
+    creds("delete")
+    assert sent() == 403
+    creds("put", b"third-secret-0123456789\n")
+    assert sent() == ["Bearer third-secret-0123456789"]
 
 
 @pytest.mark.parametrize("client", ["curl", "node"])
