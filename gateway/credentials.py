@@ -98,6 +98,23 @@ class CredentialProvider:
             self._cache.store(version, key, entry)
         return entry
 
+    def ready(self, binding: Binding, caller: Caller) -> Injected | None:
+        """The credential for this call if it is already in memory for the vault as it is now and
+        needs no waiting (a stored static secret rendered before); None: use :meth:`credential_for`.
+
+        Lets the injector finish a call's ``request`` hook without a task (proxy/inline_hooks.py).
+        Same answer as ``credential_for`` would give: same version check, same entry, same rendering.
+        """
+        if binding.service.mechanism == "assertion" or self._vault is None:
+            return None
+        version = self._vault.version()
+        if version is None:
+            return None
+        entry = self._cache.lookup(version, (caller.tenant, caller.user, binding.name))
+        if entry is None or entry.credential is None or entry.credential.kind == "oauth" or entry.rendered is None:
+            return None
+        return entry.rendered[1]
+
     async def credential_for(self, binding: Binding, caller: Caller) -> Injected:
         service = binding.service
         if service.mechanism == "assertion":

@@ -23,6 +23,8 @@ on its own destination.
 from __future__ import annotations
 
 import re
+from collections.abc import Coroutine
+from typing import Any
 
 from mitmproxy import http
 
@@ -31,7 +33,7 @@ from wardgate.gateway.bindings import Binding, Bindings, marker, markers_in
 from wardgate.gateway.credentials import Caller, CredentialProvider, Injected
 from wardgate.gateway.errors import BadRequest, WardgateError
 
-from .call import call_of
+from .call import Call, call_of
 from .refusals import refuse
 
 BINDING = "wardgate.binding"
@@ -144,13 +146,22 @@ class CredentialInjector:
         self._audit = audit
         self._audit_timeout = audit_timeout
 
-    async def request(self, flow: http.HTTPFlow) -> None:
+    def request(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
+        """Sync when the credential is already in memory (proxy/inline_hooks.py); else a coroutine."""
         binding: Binding | None = flow.metadata.get(BINDING)
         call = call_of(flow)
         if binding is None or flow.response is not None or call.forwarded_at is None or call.principal is None:
-            return
+            return None
         principal = call.principal
         caller = Caller(principal.tenant, principal.user, principal.agent, principal.run, call.call_id)
+        injected = self._provider.ready(binding, caller)
+        if injected is None:
+            return self._inject(flow, call, binding, caller)
+        _apply(flow.request, binding, injected)
+        flow.metadata[INJECTED] = injected
+        return None
+
+    async def _inject(self, flow: http.HTTPFlow, call: Call, binding: Binding, caller: Caller) -> None:
         try:
             injected = await self._provider.credential_for(binding, caller)
         except WardgateError as error:

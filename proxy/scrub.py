@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import re
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import brotli
 import zstandard
@@ -155,29 +156,28 @@ class ResponseScrubber:
         self._audit = audit
         self._audit_timeout = audit_timeout
 
-    async def response(self, flow: http.HTTPFlow) -> None:
+    def response(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
+        """Sync; hands back a coroutine only to refuse an answer it cannot inspect (proxy/inline_hooks.py)."""
         injected: Injected | None = flow.metadata.get(INJECTED)
         binding: Binding | None = flow.metadata.get(BINDING)
         response = flow.response
         if injected is None or binding is None or response is None or flow.metadata.get("wardgate.refused"):
-            return
+            return None
         if response.stream or response.raw_content is None:
-            return  # scrubbed in flight by StreamScrubber
+            return None  # scrubbed in flight by StreamScrubber
         limit, sensitive = binding.service.inspection_limit, binding.service.sensitive
         if sensitive and len(response.raw_content) > limit:
-            await refuse(flow, _uninspectable("inspection_limit_exceeded"), self._audit, self._audit_timeout)
-            return
+            return refuse(flow, _uninspectable("inspection_limit_exceeded"), self._audit, self._audit_timeout)
         try:
             body = response.get_content(strict=True)
         except ValueError:
-            await refuse(flow, _uninspectable("unknown_content_encoding"), self._audit, self._audit_timeout)
-            return
+            return refuse(flow, _uninspectable("unknown_content_encoding"), self._audit, self._audit_timeout)
         if body is None:
-            return
+            return None
         if sensitive and len(body) > limit:
-            await refuse(flow, _uninspectable("inspection_limit_exceeded"), self._audit, self._audit_timeout)
-            return
+            return refuse(flow, _uninspectable("inspection_limit_exceeded"), self._audit, self._audit_timeout)
         cleaned, count = injected.pattern.subn(REPLACEMENT, body)
         if count:
             response.set_content(cleaned)
             call_of(flow).scrub_count += count
+        return None
