@@ -183,6 +183,7 @@ class CheckpointPolicy:
 _Item = tuple[AuditRecord, "asyncio.Future[None]", bool]
 _WAKE = "wake"  # queued by record_later when the writer sleeps with no deadline (see _next)
 _NOTHING = "nothing"  # _next's answer when its wait ran out
+_AWAKE = 1.0  # seconds after a batch during which the writer looks for outcomes without being woken
 
 
 def _expire(future: asyncio.Future[None]) -> None:
@@ -231,6 +232,8 @@ class AuditWriter:
         self._prev = GENESIS
         self._checkpointed_seq = 0
         self._checkpointed_at = time.monotonic()
+        # Writer thread: when the last batch was written, the spool last replayed, a checkpoint last tried.
+        self._active_at = self._retried_at = self._attempted_at = 0.0
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._submitted = 0  # written by the event loop only
@@ -327,17 +330,9 @@ class AuditWriter:
             ready.put(exc)
             return
         ready.put(None)
-        last_retry = 0.0
         stopping = False
         while not stopping:
             item = self._next()
-            if item is _NOTHING and not self._later:
-                if self.spooled:
-                    self._replay_spool(conn)
-                    last_retry = time.monotonic()
-                if self._checkpoints is not None and self._seq > self._checkpointed_seq:
-                    self._checkpoint(conn, "idle")
-                continue
             batch: list[_Item] = []
             while item is not _NOTHING:
                 if item is None:
@@ -351,38 +346,56 @@ class AuditWriter:
                     item = self._queue.get_nowait()
                 except queue.Empty:
                     break
-            if batch or item is _NOTHING or stopping:  # a wake-up alone starts the linger
+            # Outcomes go with a batch, or alone once the linger ran out; a wake-up alone starts it.
+            if batch or (self._later and (item is _NOTHING or stopping)):
                 self._write(conn, batch, self._take_later(self._max_batch - len(batch)))
-            if self.spooled and (stopping or time.monotonic() - last_retry >= self._retry_interval):
-                self._replay_spool(conn)
-                last_retry = time.monotonic()
-            policy = self._checkpoints
-            if policy is not None and self._seq > self._checkpointed_seq and (
-                self._seq - self._checkpointed_seq >= policy.every
-                or time.monotonic() - self._checkpointed_at >= policy.interval
-            ):
-                self._checkpoint(conn, "periodic")
+                self._active_at = time.monotonic()
+            self._duties(conn, stopping)
         while self._later:
             self._write(conn, [], self._take_later(self._max_batch))
         if self._checkpoints is not None:
             self._checkpoint(conn, "clean_stop")
         conn.close()
 
+    def _duties(self, conn: SqliteWriterStore | PostgresWriterStore, stopping: bool) -> None:
+        """Spool replay and checkpoints, when they are due."""
+        now = time.monotonic()
+        if self.spooled and (stopping or now - self._retried_at >= self._retry_interval):
+            self._replay_spool(conn)
+            self._retried_at = time.monotonic()
+        policy = self._checkpoints
+        if policy is None or self._seq <= self._checkpointed_seq:
+            return
+        if self._seq - self._checkpointed_seq >= policy.every or now - self._checkpointed_at >= policy.interval:
+            self._checkpoint(conn, "periodic")
+        elif now - max(self._active_at, self._attempted_at) >= policy.idle and not self._later:
+            self._checkpoint(conn, "idle")
+
     def _next(self) -> _Item | str | None:
-        """The next queued item, or _NOTHING once the wait for it ran out."""
-        waits = []
+        """The next queued item, or _NOTHING once the wait for it ran out (then duties may be due).
+
+        While calls are in flight (records came within ``_AWAKE`` seconds) the writer wakes every
+        ``linger`` seconds to look for outcomes, so that record_later needs no wake-up; after that
+        it sleeps until woken (then record_later queues _WAKE).
+        """
+        now = time.monotonic()
+        deadlines = []
         if self._later:
-            waits.append(0.0 if len(self._later) >= self._max_batch else self._linger)
+            deadlines.append(now if len(self._later) >= self._max_batch else now + self._linger)
+        elif now - self._active_at < _AWAKE:
+            deadlines.append(now + self._linger)
         if self._checkpoints is not None and self._seq > self._checkpointed_seq:
-            waits.append(self._checkpoints.idle)
+            policy = self._checkpoints
+            due = min(self._active_at + policy.idle, self._checkpointed_at + policy.interval)
+            deadlines.append(max(due, self._attempted_at + policy.idle))  # a failed attempt: retry later
         if self.spooled:
-            waits.append(self._retry_interval)
-        wait = min(waits) if waits else None
-        if not self._later:
+            deadlines.append(self._retried_at + self._retry_interval)
+        wait = max(0.0, min(deadlines) - now) if deadlines else None
+        if not self._later and (wait is None or wait > self._linger):
             self._asleep = True
             if self._later:  # recorded just before the flag went up: it gets no wake-up
                 self._asleep = False
-                wait = self._linger if wait is None else min(wait, self._linger)
+                wait = self._linger
         try:
             return self._queue.get(timeout=wait)
         except queue.Empty:
@@ -468,6 +481,7 @@ class AuditWriter:
     def _checkpoint(self, conn: SqliteWriterStore | PostgresWriterStore, kind: str, *, raise_errors: bool = False) -> None:
         policy = self._checkpoints
         assert policy is not None
+        self._attempted_at = time.monotonic()
         cp = Checkpoint.signed(policy.signer, writer=self.writer_id, seq=self._seq, hash=self._prev, time=time.time(), kind=kind)
         try:
             conn.transaction([(INSERT_CHECKPOINT, [checkpoint_row(cp)])])
