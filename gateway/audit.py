@@ -18,9 +18,11 @@ take after the fact (outcomes) go to a local spool (audit_spool) and are replaye
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
 import json
 import logging
+import operator
 import queue
 import threading
 import time
@@ -113,16 +115,7 @@ class AuditRecord:
     def canonical(self) -> bytes:
         """The hashed bytes. Numbers are normalised to the column types they are stored as, so a
         record read back from the store hashes exactly as it did when written."""
-        # A flat copy (the fields are scalars and a list of strings): dataclasses.asdict's deep copy
-        # cost more than the hashing, on the writer thread, twice per call.
-        values = {name: getattr(self, name) for name in _RECORD_FIELDS}
-        for name in _FLOAT_FIELDS:
-            if values[name] is not None:
-                values[name] = float(values[name])
-        for name in _INT_FIELDS:
-            if values[name] is not None:
-                values[name] = int(values[name])
-        return json.dumps(values, sort_keys=True, separators=(",", ":")).encode()
+        return _canonical(_normalized(self))
 
 
 _FLOAT_FIELDS = ("time", "latency_policy_ms", "latency_upstream_ms", "latency_total_ms")
@@ -131,7 +124,36 @@ _INT_FIELDS = ("port", "status", "bytes_in", "bytes_out", "scrub_count", "replay
 
 _RECORD_FIELDS = [f.name for f in fields(AuditRecord)]
 _COLUMNS = _RECORD_FIELDS + ["writer", "seq", "prev_hash", "hash"]
-_INSERT = f"INSERT INTO audit_records ({quoted(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
+_INSERT_HEAD = f"INSERT INTO audit_records ({quoted(_COLUMNS)}) VALUES "
+_INSERT_ROW = f"({', '.join('?' * len(_COLUMNS))})"
+
+# The canonical bytes are computed for every record on the writer thread, which holds the GIL while
+# it does so: one C call gathers the values (in column order), another reorders them by name, and
+# an encoder built once writes the JSON (the keys arrive sorted, so sort_keys is not needed).
+_VALUES = operator.attrgetter(*_RECORD_FIELDS)
+_SORTED_NAMES = sorted(_RECORD_FIELDS)
+_BY_NAME = operator.itemgetter(*(_RECORD_FIELDS.index(name) for name in _SORTED_NAMES))
+_FLOAT_AT = tuple(_RECORD_FIELDS.index(name) for name in _FLOAT_FIELDS)
+_INT_AT = tuple(_RECORD_FIELDS.index(name) for name in _INT_FIELDS)
+_REASONS_AT = _RECORD_FIELDS.index("reasons")
+_CANONICAL_JSON = json.JSONEncoder(separators=(",", ":"))
+
+
+def _normalized(record: AuditRecord) -> list[Any]:
+    """The record's values in column order, numbers as the column types they are stored as."""
+    values = list(_VALUES(record))
+    for index in _FLOAT_AT:
+        if values[index] is not None:
+            values[index] = float(values[index])
+    for index in _INT_AT:
+        if values[index] is not None:
+            values[index] = int(values[index])
+    return values
+
+
+def _canonical(values: list[Any]) -> bytes:
+    """Canonical JSON (keys sorted, no spaces) of normalised values, as ``json.dumps(..., sort_keys=True)``."""
+    return _CANONICAL_JSON.encode(dict(zip(_SORTED_NAMES, _BY_NAME(values)))).encode()
 
 
 def chain_hash(prev_hash: str, record: AuditRecord) -> str:
@@ -157,12 +179,28 @@ class CheckpointPolicy:
     sink: CheckpointSink | None = None
 
 
-# (record, future the caller awaits or None, spool the record if the store refuses it)
-_Item = tuple[AuditRecord, "asyncio.Future[None] | None", bool]
+# (record, future the caller awaits, spool the record if the store refuses it)
+_Item = tuple[AuditRecord, "asyncio.Future[None]", bool]
+_WAKE = "wake"  # queued by record_later when the writer sleeps with no deadline (see _next)
+_NOTHING = "nothing"  # _next's answer when its wait ran out
+_AWAKE = 1.0  # seconds after a batch during which the writer looks for outcomes without being woken
+
+
+def _expire(future: asyncio.Future[None]) -> None:
+    if not future.done():  # nobody waits any more; the writer still commits (or spools) the record
+        future.set_exception(DependencyUnavailable("audit record could not be committed in time", code="audit_unavailable"))
 
 
 class AuditWriter:
-    """Appends records from one gateway process through a single group-commit thread."""
+    """Appends records from one gateway process through a single group-commit thread.
+
+    Two ways in. ``commit`` (intents, refusals, admin records) queues a record with a future and
+    wakes the writer, which commits everything queued in one transaction and then resolves that
+    batch's futures with one hand-off to the event loop. ``record_later`` (outcomes) only appends
+    to a list the writer takes along with the next batch: nobody waits for those records, so they
+    cost neither a wake-up of the writer nor a transaction of their own while calls keep coming;
+    when none come, they are committed ``linger`` seconds later.
+    """
 
     def __init__(
         self,
@@ -173,6 +211,7 @@ class AuditWriter:
         spool: Spool | None = None,
         busy_timeout: float = 5.0,
         retry_interval: float = 0.5,
+        linger: float = 0.02,
         metrics: Metrics | None = None,
     ) -> None:
         self._path = path
@@ -182,15 +221,23 @@ class AuditWriter:
         self._spool = spool
         self._busy_timeout = busy_timeout
         self._retry_interval = retry_interval
-        self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        self._linger = linger
+        self._queue: queue.SimpleQueue[_Item | str | None] = queue.SimpleQueue()
+        # deque.append and popleft are atomic: the loop appends, the writer takes.
+        self._later: collections.deque[AuditRecord] = collections.deque()
+        # True while the writer waits with nothing in _later: then record_later must wake it.
+        self._asleep = False
         self.writer_id = new_id()
         self._seq = 0
         self._prev = GENESIS
         self._checkpointed_seq = 0
         self._checkpointed_at = time.monotonic()
+        # Writer thread: when the last batch was written, the spool last replayed, a checkpoint last tried.
+        self._active_at = self._retried_at = self._attempted_at = 0.0
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.pending = 0
+        self._submitted = 0  # written by the event loop only
+        self._settled = 0  # written by the writer thread only
         # Written by the writer thread, read by readiness and metrics (plain ints: atomic enough).
         self.spooled = 0
         self.lost = 0
@@ -220,23 +267,32 @@ class AuditWriter:
         """Nothing waits in the spool: every record so far is in the store."""
         return self.spooled == 0
 
+    @property
+    def pending(self) -> int:
+        """Records queued but not yet committed (or spooled)."""
+        return self._submitted - self._settled
+
     def submit(self, record: AuditRecord, *, spool_on_failure: bool = False) -> asyncio.Future[None]:
         """Queue ``record``; the future resolves once it is committed (or fails)."""
         assert self._loop is not None, "AuditWriter.start() first"
         future: asyncio.Future[None] = self._loop.create_future()
         self.metrics.observe_record(record)
-        self.pending += 1
+        self._submitted += 1
         self._queue.put((record, future, spool_on_failure))
         return future
 
     def record_later(self, record: AuditRecord) -> None:
         """Queue ``record`` without waiting for its commit (outcomes: the response goes on).
 
-        If the store cannot take it, the writer puts it in the spool instead (see audit_spool).
+        It is committed with the next batch, or ``linger`` seconds from now if no batch comes
+        sooner. If the store cannot take it, the writer puts it in the spool instead (see audit_spool).
         """
         self.metrics.observe_record(record)
-        self.pending += 1
-        self._queue.put((record, None, True))
+        self._submitted += 1
+        self._later.append(record)
+        if self._asleep:
+            self._asleep = False
+            self._queue.put(_WAKE)
 
     async def commit(self, record: AuditRecord, timeout: float, *, spool_on_failure: bool = False) -> None:
         """Commit ``record`` durably or raise ``audit_unavailable``: the caller must not proceed.
@@ -245,13 +301,16 @@ class AuditWriter:
         anyway; the caller still gets the error, since the record is not in the store yet.
         """
         future = self.submit(record, spool_on_failure=spool_on_failure)
+        assert self._loop is not None
         started = time.perf_counter()
+        # A timer that fails the future rather than asyncio.wait_for(shield(...)): the same
+        # outcome for a fraction of the event loop's time.
+        expiry = self._loop.call_later(timeout, _expire, future)
         try:
-            await asyncio.wait_for(asyncio.shield(future), timeout)
-            self.metrics.observe_commit(time.perf_counter() - started)
-        except TimeoutError:
-            future.cancel()  # nobody waits any more; the writer still commits (or spools) it
-            raise DependencyUnavailable("audit record could not be committed in time", code="audit_unavailable") from None
+            await future
+        finally:
+            expiry.cancel()
+        self.metrics.observe_commit(time.perf_counter() - started)
 
     # -- writer thread ---------------------------------------------------------------------------
 
@@ -271,79 +330,123 @@ class AuditWriter:
             ready.put(exc)
             return
         ready.put(None)
-        last_retry = 0.0
         stopping = False
         while not stopping:
-            uncovered = self._checkpoints is not None and self._seq > self._checkpointed_seq
-            wait = self._checkpoints.idle if uncovered and self._checkpoints else None
-            if self.spooled:
-                wait = min(wait or self._retry_interval, self._retry_interval)
-            try:
-                item = self._queue.get(timeout=wait)
-            except queue.Empty:
-                if self.spooled:
-                    self._replay_spool(conn)
-                    last_retry = time.monotonic()
-                if self._checkpoints is not None and self._seq > self._checkpointed_seq:
-                    self._checkpoint(conn, "idle")
-                continue
+            item = self._next()
             batch: list[_Item] = []
-            while True:
+            while item is not _NOTHING:
                 if item is None:
                     stopping = True
                     break
-                batch.append(item)
-                if len(batch) >= self._max_batch:
-                    break
+                if item is not _WAKE:
+                    batch.append(item)  # type: ignore[arg-type]
+                    if len(batch) >= self._max_batch:
+                        break
                 try:
                     item = self._queue.get_nowait()
                 except queue.Empty:
                     break
-            if batch:
-                self._write(conn, batch)
-            if self.spooled and (stopping or time.monotonic() - last_retry >= self._retry_interval):
-                self._replay_spool(conn)
-                last_retry = time.monotonic()
-            policy = self._checkpoints
-            if policy is not None and self._seq > self._checkpointed_seq and (
-                self._seq - self._checkpointed_seq >= policy.every
-                or time.monotonic() - self._checkpointed_at >= policy.interval
-            ):
-                self._checkpoint(conn, "periodic")
+            # Outcomes go with a batch, or alone once the linger ran out; a wake-up alone starts it.
+            if batch or (self._later and (item is _NOTHING or stopping)):
+                self._write(conn, batch, self._take_later(self._max_batch - len(batch)))
+                self._active_at = time.monotonic()
+            self._duties(conn, stopping)
+        while self._later:
+            self._write(conn, [], self._take_later(self._max_batch))
         if self._checkpoints is not None:
             self._checkpoint(conn, "clean_stop")
         conn.close()
 
+    def _duties(self, conn: SqliteWriterStore | PostgresWriterStore, stopping: bool) -> None:
+        """Spool replay and checkpoints, when they are due."""
+        now = time.monotonic()
+        if self.spooled and (stopping or now - self._retried_at >= self._retry_interval):
+            self._replay_spool(conn)
+            self._retried_at = time.monotonic()
+        policy = self._checkpoints
+        if policy is None or self._seq <= self._checkpointed_seq:
+            return
+        if self._seq - self._checkpointed_seq >= policy.every or now - self._checkpointed_at >= policy.interval:
+            self._checkpoint(conn, "periodic")
+        elif now - max(self._active_at, self._attempted_at) >= policy.idle and not self._later:
+            self._checkpoint(conn, "idle")
+
+    def _next(self) -> _Item | str | None:
+        """The next queued item, or _NOTHING once the wait for it ran out (then duties may be due).
+
+        While calls are in flight (records came within ``_AWAKE`` seconds) the writer wakes every
+        ``linger`` seconds to look for outcomes, so that record_later needs no wake-up; after that
+        it sleeps until woken (then record_later queues _WAKE).
+        """
+        now = time.monotonic()
+        deadlines = []
+        if self._later:
+            deadlines.append(now if len(self._later) >= self._max_batch else now + self._linger)
+        elif now - self._active_at < _AWAKE:
+            deadlines.append(now + self._linger)
+        if self._checkpoints is not None and self._seq > self._checkpointed_seq:
+            policy = self._checkpoints
+            due = min(self._active_at + policy.idle, self._checkpointed_at + policy.interval)
+            deadlines.append(max(due, self._attempted_at + policy.idle))  # a failed attempt: retry later
+        if self.spooled:
+            deadlines.append(self._retried_at + self._retry_interval)
+        wait = max(0.0, min(deadlines) - now) if deadlines else None
+        if not self._later and (wait is None or wait > self._linger):
+            self._asleep = True
+            if self._later:  # recorded just before the flag went up: it gets no wake-up
+                self._asleep = False
+                wait = self._linger
+        try:
+            return self._queue.get(timeout=wait)
+        except queue.Empty:
+            return _NOTHING
+        finally:
+            self._asleep = False
+
+    def _take_later(self, limit: int) -> list[AuditRecord]:
+        taken = []
+        later = self._later
+        while later and len(taken) < limit:
+            taken.append(later.popleft())
+        return taken
+
     def _insert(self, conn: SqliteWriterStore | PostgresWriterStore, records: list[AuditRecord]) -> None:
         """Chain and commit ``records`` in one transaction; the chain advances only on success."""
-        seq, prev = self._seq, self._prev
+        seq, prev, writer = self._seq, self._prev, self.writer_id
         rows = []
         for record in records:
+            values = _normalized(record)
+            digest = hashlib.sha256(prev.encode() + b"\n" + _canonical(values)).hexdigest()
             seq += 1
-            digest = chain_hash(prev, record)
-            values = [getattr(record, name) for name in _RECORD_FIELDS]
-            values[_RECORD_FIELDS.index("reasons")] = json.dumps(record.reasons)
-            rows.append((*values, self.writer_id, seq, prev, digest))
+            values[_REASONS_AT] = json.dumps(values[_REASONS_AT])
+            values += (writer, seq, prev, digest)
+            rows.append(values)
             prev = digest
-        conn.transaction([(_INSERT, rows)])
+        conn.append(_INSERT_HEAD, _INSERT_ROW, rows)
         self._seq, self._prev = seq, prev
         self.committed += len(records)
         self.batches += 1
 
-    def _write(self, conn: SqliteWriterStore | PostgresWriterStore, batch: list[_Item]) -> None:
+    def _write(self, conn: SqliteWriterStore | PostgresWriterStore, batch: list[_Item], later: list[AuditRecord]) -> None:
+        """Commit ``later`` (outcomes, older) and ``batch`` together, then settle the batch's futures."""
+        records = later + [record for record, _, _ in batch]
+        if not records:
+            return
         error: BaseException | None = None
         try:
-            self._insert(conn, [record for record, _, _ in batch])
+            self._insert(conn, records)
         except StoreError as exc:
             error = exc
-            log.error("audit store write failed (%s records): %s", len(batch), exc)
+            log.error("audit store write failed (%s records): %s", len(records), exc)
             # Outcomes and refusals go to the spool; an intent that failed is a refused call
             # (its refusal record says so), so it is not kept as if it had gone out.
-            orphans = [record for record, _, keep in batch if keep]
+            orphans = later + [record for record, _, keep in batch if keep]
             if orphans:
                 self._to_spool(orphans)
-        assert self._loop is not None
-        self._loop.call_soon_threadsafe(self._resolve, [f for _, f, _ in batch], error)
+        self._settled += len(records)
+        if batch:  # outcomes alone: nobody waits, so the event loop is not woken
+            assert self._loop is not None
+            self._loop.call_soon_threadsafe(self._resolve, [future for _, future, _ in batch], error)
 
     def _to_spool(self, records: list[AuditRecord]) -> None:
         if self._spool is None:
@@ -378,6 +481,7 @@ class AuditWriter:
     def _checkpoint(self, conn: SqliteWriterStore | PostgresWriterStore, kind: str, *, raise_errors: bool = False) -> None:
         policy = self._checkpoints
         assert policy is not None
+        self._attempted_at = time.monotonic()
         cp = Checkpoint.signed(policy.signer, writer=self.writer_id, seq=self._seq, hash=self._prev, time=time.time(), kind=kind)
         try:
             conn.transaction([(INSERT_CHECKPOINT, [checkpoint_row(cp)])])
@@ -390,10 +494,9 @@ class AuditWriter:
         if policy.sink is not None:
             policy.sink.emit(cp)
 
-    def _resolve(self, futures: list[asyncio.Future[None] | None], error: BaseException | None) -> None:
-        self.pending -= len(futures)
+    def _resolve(self, futures: list[asyncio.Future[None]], error: BaseException | None) -> None:
         for future in futures:
-            if future is None or future.done():
+            if future.done():
                 continue
             if error is None:
                 future.set_result(None)

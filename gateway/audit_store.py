@@ -13,6 +13,7 @@ Column names are always quoted: ``user`` is a reserved word in PostgreSQL.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -126,6 +127,23 @@ def store_exists(source: Source) -> bool:
     return isinstance(source, Postgres) or source.exists()
 
 
+_PG_PARAMETERS = 65535  # the protocol's limit on bound parameters per statement
+
+
+class _MultiRowInserts:
+    """``INSERT ... VALUES (...), (...), ...`` texts by row count, built once each."""
+
+    def __init__(self) -> None:
+        self._texts: dict[tuple[str, str, int], str] = {}
+
+    def get(self, head: str, row: str, count: int) -> str:
+        key = (head, row, count)
+        text = self._texts.get(key)
+        if text is None:
+            text = self._texts[key] = head + ", ".join([row] * count)
+        return text
+
+
 class SqliteWriterStore:
     dialect = SQLITE
 
@@ -135,6 +153,24 @@ class SqliteWriterStore:
             # Group commit makes a full flush per batch affordable: committed means on disk.
             self._conn.execute("PRAGMA synchronous=FULL")
             self._conn.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
+        except sqlite3.Error as exc:
+            raise StoreError(str(exc)) from None
+        self._variables = self._conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+        self._statements = _MultiRowInserts()
+
+    def append(self, head: str, row: str, rows: list[list[Any]]) -> None:
+        """Insert ``rows`` atomically: ``head`` is ``INSERT INTO t (columns) VALUES``, ``row`` one row's marks.
+
+        One multi-row statement in autocommit mode is its own transaction (taking the write lock as
+        BEGIN IMMEDIATE does), so a batch costs one sqlite3_step: the sqlite3 module releases and
+        re-takes the GIL around each step, and on a busy event loop every re-take can wait a whole
+        switch interval. executemany steps once per row, plus BEGIN and COMMIT.
+        """
+        if len(rows) * len(rows[0]) > self._variables:
+            self.transaction([(head + row, rows)])
+            return
+        try:
+            self._conn.execute(self._statements.get(head, row, len(rows)), list(itertools.chain.from_iterable(rows)))
         except sqlite3.Error as exc:
             raise StoreError(str(exc)) from None
 
@@ -170,6 +206,7 @@ class PostgresWriterStore:
     def __init__(self, dsn: str, schema: str, busy_timeout: float) -> None:
         self._dsn, self._schema, self._timeout = dsn, schema, busy_timeout
         self._conn: Any = None
+        self._statements = _MultiRowInserts()
         self._connect()
 
     def _connect(self) -> None:
@@ -189,6 +226,23 @@ class PostgresWriterStore:
                 with self._conn.cursor() as cursor:
                     for sql, rows in statements:
                         cursor.executemany(POSTGRES.sql(sql), rows)
+        except psycopg.Error as exc:
+            if self._conn is not None and self._conn.broken:
+                self._conn = None  # reconnect on the next batch
+            raise StoreError(f"{type(exc).__name__}") from None
+
+    def append(self, head: str, row: str, rows: list[list[Any]]) -> None:
+        """Insert ``rows`` atomically, as one statement (autocommit: its own transaction, one round trip)."""
+        import psycopg
+
+        if len(rows) * len(rows[0]) > _PG_PARAMETERS:
+            self.transaction([(head + row, rows)])
+            return
+        try:
+            if self._conn is None or self._conn.closed:
+                self._connect()
+            self._conn.execute(POSTGRES.sql(self._statements.get(head, row, len(rows))),
+                               list(itertools.chain.from_iterable(rows)))
         except psycopg.Error as exc:
             if self._conn is not None and self._conn.broken:
                 self._conn = None  # reconnect on the next batch

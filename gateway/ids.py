@@ -6,6 +6,10 @@ import os
 import time
 
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+# Two characters (ten bits) per lookup: a new id is made for every call and every audit record, and
+# this is several times faster than one divmod per character.
+_PAIRS = tuple(first + second for first in _ALPHABET for second in _ALPHABET)
+_SHIFTS = tuple(range(120, -1, -10))
 
 
 def _encode(value: int, length: int) -> str:
@@ -18,8 +22,8 @@ def _encode(value: int, length: int) -> str:
 
 def new_id(now: float | None = None) -> str:
     """A 26-character id whose lexical order follows creation time (to the millisecond)."""
-    millis = int((time.time() if now is None else now) * 1000)
-    return _encode(millis, 10) + _encode(int.from_bytes(os.urandom(10), "big"), 16)
+    value = int((time.time() if now is None else now) * 1000) << 80 | int.from_bytes(os.urandom(10), "big")
+    return "".join([_PAIRS[value >> shift & 1023] for shift in _SHIFTS])
 
 
 def first_id_at(moment: float) -> str:

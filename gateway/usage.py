@@ -85,6 +85,11 @@ def extract_usage(content_type: str | None, body: bytes | None) -> dict[str, Any
     """The usage an LLM API reported in ``body``, or None when it is not such a response."""
     if not body or len(body) > MAX_BODY:
         return None
+    # Every recognised shape has a "usage" key; without those bytes (or a \u escape, or the NULs
+    # of UTF-16/32 JSON, that could spell them) there is nothing to find, and a response that
+    # cannot hold usage is not worth a JSON parse on the proxy's event loop.
+    if b"usage" not in body and b"\\u" not in body and b"\x00" not in body:
+        return None
     media = (content_type or "").split(";", 1)[0].strip().lower()
     try:
         if media == "text/event-stream":

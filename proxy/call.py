@@ -46,6 +46,8 @@ class Call:
     policy_revision: str | None = None
     # Occurrences of an injected secret removed from the response (proxy/scrub.py).
     scrub_count: int = 0
+    # Method, scheme, host, port, path and x-wardgate-step as the first record of the call saw them.
+    request_line: tuple[str, str, str, int, str | None, str | None] | None = None
 
     @property
     def proceeds(self) -> bool:
@@ -54,21 +56,27 @@ class Call:
 
     def record(self, flow: http.HTTPFlow, kind: Kind, **values: object) -> AuditRecord:
         """An audit record for this call, filled from the principal, the request and ``values``."""
-        request = flow.request
+        line = self.request_line
+        if line is None:  # the request as the call was judged: the same in its intent and outcome
+            line = self.request_line = _request_line(flow.request)
+        method, scheme, host, port, path, step = line
         principal = self.principal
         decision = self.decision
         record = AuditRecord(
             call_id=self.call_id,
             kind=kind,
-            method=request.method,
-            scheme=request.scheme,
-            host=request.pretty_host if request.method != "CONNECT" else request.host,
-            port=request.port,
-            path=request.path.split("?", 1)[0] if request.method != "CONNECT" else None,
+            method=method,
+            scheme=scheme,
+            host=host,
+            port=port,
+            path=path,
+            step=self.step or step,
             latency_policy_ms=self.policy_ms,
             credential_service=self.credential_service,
             trace_id=flow.metadata.get("wardgate.trace_id"),
             scrub_count=self.scrub_count,
+            idempotency_key=self.idempotency_key,
+            replay=int(self.replay),
         )
         if principal is not None:
             record.tenant, record.agent, record.user = principal.tenant, principal.agent, principal.user
@@ -85,8 +93,6 @@ class Call:
                 record.mcp_arguments = json.dumps(redact(self.mcp.arguments, decision.redact), sort_keys=True)
         if self.policy_document is not None and kind != "outcome":
             record.policy_input = self._recorded_input()
-        record.step = self.step or request.headers.get("x-wardgate-step")
-        record.idempotency_key, record.replay = self.idempotency_key, int(self.replay)
         for name, value in values.items():
             setattr(record, name, value)
         return record
@@ -102,6 +108,18 @@ class Call:
             # No decision (policy unavailable): nobody said what is sensitive, so keep nothing.
             mcp["arguments"] = redact(mcp["arguments"], paths) if paths is not None else {}
         return json.dumps(document, sort_keys=True, separators=(",", ":"))
+
+
+def _request_line(request: http.Request) -> tuple[str, str, str, int, str | None, str | None]:
+    connect = request.method == "CONNECT"
+    return (
+        request.method,
+        request.scheme,
+        request.host if connect else request.pretty_host,
+        request.port,
+        None if connect else request.path.split("?", 1)[0],
+        request.headers.get("x-wardgate-step"),
+    )
 
 
 def call_of(flow: http.HTTPFlow) -> Call:

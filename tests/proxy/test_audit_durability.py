@@ -106,7 +106,8 @@ def test_intent_that_cannot_be_committed_means_503_and_nothing_leaves(backend: t
         assert upstream.count(path) == 0
         # The refusal itself could not be stored either: it waits in the spool, and the replica says so.
         assert wait_until(lambda: not ready(gateway))
-        assert call_id in spool_file(gateway).read_text()
+        # An earlier outcome still waiting to be committed may reach the spool first: wait for the refusal.
+        assert wait_until(lambda: spool_file(gateway).exists() and call_id in spool_file(gateway).read_text())
     finally:
         lock.release()
         lock.close()
