@@ -164,6 +164,7 @@ class PolicyClient:
         self._pool_size = pool_size
         self._transport = OpaTransport(url, pool_size)
         self._closing: set[asyncio.Task[None]] = set()
+        self._read: dict[bytes, Decision] = {}  # OPA's answer bytes -> the Decision they read as
         # Digest of the policy files being served, when wardgate manages OPA (audit: policy_revision).
         self.revision: str | None = None
 
@@ -201,6 +202,20 @@ class PolicyClient:
             raise _unavailable("policy engine is unreachable or failed", "policy_error") from None
         if status != 200:
             raise _unavailable("policy engine is unreachable or failed", "policy_error")
+        # OPA answers most calls with one of a few byte-identical documents: the same bytes always
+        # read as the same (frozen) Decision, so a repeat skips json.loads and the checks. Every
+        # call is still decided by OPA; only the parsing of its answer is remembered.
+        known = self._read.get(raw)
+        if known is not None:
+            return known
+        decision = self._parse(raw)
+        if len(self._read) >= 256:
+            self._read.clear()
+        self._read[raw] = decision
+        return decision
+
+    @staticmethod
+    def _parse(raw: bytes) -> Decision:
         try:
             answer = json.loads(raw)
         except ValueError:
@@ -214,8 +229,6 @@ class PolicyClient:
         if decision is None:
             raise _unavailable("policy decision is malformed", "policy_malformed")
         return decision
-
-
 
 
 def _strings(value: object) -> bool:

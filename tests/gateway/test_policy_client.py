@@ -116,3 +116,14 @@ def test_stalled_opa_times_out() -> None:
         for conn in accepted:
             conn.close()
         listener.close()
+
+
+def test_each_call_is_decided_by_opa_and_repeated_answers_are_read_once(opa: OpaServer) -> None:
+    async def scenario() -> list[object]:
+        async with PolicyClient(opa.url, "cases/echo_headers/decision", 1.0) as client:
+            return [await client.decide(document([("Accept", "a")])), await client.decide(document([("Accept", "a")])),
+                    await client.decide(document([("X-Other", "b")]))]
+
+    first, again, other = asyncio.run(scenario())
+    assert first is again  # the same answer bytes read as the same Decision
+    assert other.reasons == ["x-other"] and first.reasons == ["accept"]  # a different input is asked anew
