@@ -43,6 +43,7 @@ test: setup node chromium
 	@scripts/postgres.sh $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 # The side-by-side proxy benchmark (docs/benchmarks.md); squid is the reference forward proxy.
+BENCH_ARGS ?= --workers-check
 bench: setup
 	@command -v squid >/dev/null || test -x /usr/sbin/squid || apt-get install -y -q squid
 	@$(PY) -m pip install -q -e '.[test,bench]'
