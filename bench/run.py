@@ -261,7 +261,7 @@ def markdown(rows: list[dict[str, object]], extras: dict[str, object], meta: dic
             lines.append(f"| {stage} | " + " | ".join(fmt(cells.get(key), 2) for key in
                                                      ("http_cpu", "https_cpu", "http_lat", "https_lat")) + " |")
     if extras.get("policy_latency"):
-        lines += ["", "## OPA decision latency seen by the gateway (everything-on run, from audit records)", ""]
+        lines += ["", "## OPA decision latency seen by the gateway (everything-on run, all cells, from audit records; at 8 and 64 connections it includes waiting for the busy event loop)", ""]
         pl = extras["policy_latency"]
         lines.append(f"{pl['decisions']} decisions: median {pl['median_ms']:.2f} ms, p99 {pl['p99_ms']:.2f} ms")  # type: ignore[index]
     if extras.get("workers"):
