@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import trustme
 
+from counting import CountingUpstream
 from support import REPO, Gateway, Upstream, require, start_gateway, write_tenant_policy
 
 # The make targets put the pinned OPA here; tests run straight from pytest find it too.
@@ -62,3 +63,12 @@ def gateway(
     gw.create_agent("acme-bot", "acme", ["read", "write"])
     yield gw
     gw.stop()
+
+
+@pytest.fixture
+def counting() -> Iterator[CountingUpstream]:
+    """An upstream that counts the requests it gets (tests/counting.py), per test."""
+    server = CountingUpstream()
+    server.start()
+    yield server
+    server.stop()

@@ -17,14 +17,6 @@ from counting import CountingUpstream
 from support import Gateway, Upstream, free_port, start_gateway
 
 
-@pytest.fixture
-def counting() -> Iterator[CountingUpstream]:
-    server = CountingUpstream()
-    server.start()
-    yield server
-    server.stop()
-
-
 def post(gw: Gateway, token: str, url: str, key: str, body: bytes, **kw: object) -> requests.Response:
     proxy = gw.proxy_with(token)
     headers = {"Idempotency-Key": key, "Content-Type": "application/json", **kw.pop("headers", {})}  # type: ignore[dict-item]

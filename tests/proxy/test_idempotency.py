@@ -14,14 +14,6 @@ from counting import CountingUpstream
 from support import Gateway
 
 
-@pytest.fixture
-def counting() -> Iterator[CountingUpstream]:
-    server = CountingUpstream()
-    server.start()
-    yield server
-    server.stop()
-
-
 def post(gateway: Gateway, token: str, url: str, key: str | None, body: dict) -> requests.Response:
     headers = {"Idempotency-Key": key} if key else {}
     proxy = gateway.proxy_with(token)

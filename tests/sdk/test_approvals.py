@@ -36,14 +36,6 @@ def approval_gateway(opa_binary: str, tmp_path_factory: pytest.TempPathFactory) 
     gw.stop()
 
 
-@pytest.fixture
-def counting() -> Iterator[CountingUpstream]:
-    server = CountingUpstream()
-    server.start()
-    yield server
-    server.stop()
-
-
 def cli(gateway: Gateway, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("WARDGATE_")}, "WARDGATE_HOME": str(gateway.home)}
     return subprocess.run([sys.executable, "-m", "wardgate.gateway.cli", "--config", str(gateway.config), *args],

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -17,14 +16,6 @@ from wardgate.sdk.errors import GatewayRefused
 from wardgate.sdk.http import AsyncProxySession, ProxySession
 from wardgate.sdk.runs import Run
 from wardgate.sdk.tokens import RunTokens, Token, admin_provider, expiry_of
-
-
-@pytest.fixture
-def counting() -> Iterator[CountingUpstream]:
-    server = CountingUpstream()
-    server.start()
-    yield server
-    server.stop()
 
 
 def run_outcomes(gateway: Gateway, run_id: str, count: int) -> list[dict]:
