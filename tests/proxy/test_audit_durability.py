@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -22,7 +21,7 @@ import requests
 from aiohttp import web
 
 from audit_backends import BACKENDS, Store, agent_ready, open_store
-from support import Gateway, Upstream, start_gateway
+from support import Gateway, LoopbackServer, Upstream, start_gateway
 
 
 class StoreLock:
@@ -123,35 +122,22 @@ def locking_upstream(backend: tuple[Gateway, Store]) -> Iterator[tuple[str, Stor
     """An upstream that takes the audit store's write lock while answering: the outcome cannot be written."""
     lock = StoreLock(backend[1])
     seen: list[str] = []
-    loop = asyncio.new_event_loop()
-    started = threading.Event()
-    port: list[int] = []
 
     async def handle(request: web.Request) -> web.Response:
         seen.append(request.path)
         await asyncio.to_thread(lock.acquire)
         return web.json_response({"answered": True})
 
-    def run() -> None:
-        asyncio.set_event_loop(loop)
+    def build() -> web.Application:
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", handle)
-        runner = web.AppRunner(app, access_log=None)
-        loop.run_until_complete(runner.setup())
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        loop.run_until_complete(site.start())
-        port.append(site._server.sockets[0].getsockname()[1])
-        started.set()
-        loop.run_forever()
-        loop.run_until_complete(runner.cleanup())
+        return app
 
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    assert started.wait(10)
-    yield f"http://127.0.0.1:{port[0]}", lock, seen
+    server = LoopbackServer(build, [None])
+    (port,) = server.start()
+    yield f"http://127.0.0.1:{port}", lock, seen
     lock.close()
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(10)
+    server.stop()
 
 
 def test_outcome_the_store_refuses_is_delivered_spooled_and_replayed(

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +14,7 @@ import requests
 from aiohttp import web
 
 from audit_backends import agent_ready
-from support import Gateway
+from support import Gateway, LoopbackServer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "gateway"))
 from test_llm_usage import anthropic_sse, sse  # noqa: E402
@@ -33,8 +31,6 @@ BODIES = {
 @pytest.fixture(scope="module")
 def llm() -> Iterator[str]:
     """A loopback upstream that answers like the LLM APIs do."""
-    loop = asyncio.new_event_loop()
-    started, port = threading.Event(), []
 
     async def handle(request: web.Request) -> web.StreamResponse:
         content_type, body = BODIES[request.match_info["kind"]]
@@ -47,25 +43,15 @@ def llm() -> Iterator[str]:
             return response
         return web.Response(body=body, content_type=content_type)
 
-    def run() -> None:
-        asyncio.set_event_loop(loop)
+    def build() -> web.Application:
         app = web.Application()
         app.router.add_post("/allowed/v1/{kind}", handle)
-        runner = web.AppRunner(app, access_log=None)
-        loop.run_until_complete(runner.setup())
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        loop.run_until_complete(site.start())
-        port.append(site._server.sockets[0].getsockname()[1])
-        started.set()
-        loop.run_forever()
-        loop.run_until_complete(runner.cleanup())
+        return app
 
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    assert started.wait(10)
-    yield f"http://127.0.0.1:{port[0]}"
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(10)
+    server = LoopbackServer(build, [None])
+    (port,) = server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
 
 
 def test_llm_usage_is_recorded_and_summed_per_user(gateway: Gateway, llm: str, tmp_path: Path) -> None:
