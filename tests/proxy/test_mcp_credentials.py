@@ -6,20 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import ssl
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 import trustme
-import uvicorn
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from mcp.server.fastmcp import Context, FastMCP
 
+from asgi_server import AsgiServer
 from support import Gateway, start_gateway, write_tenant_policy
 from wardgate.gateway.vault import KeySource, Vault
 
@@ -40,25 +38,15 @@ class TlsMcpServer:
         cert = ca.issue_cert("localhost", "127.0.0.1")
         cert.private_key_pem.write_to_path(str(folder / "key.pem"))
         cert.cert_chain_pems[0].write_to_path(str(folder / "cert.pem"))
-        self._sock = socket.socket()
-        self._sock.bind(("127.0.0.1", 0))
-        self.port = self._sock.getsockname()[1]
-        config = uvicorn.Config(app.streamable_http_app(), log_level="warning", lifespan="on",
-                                ssl_keyfile=str(folder / "key.pem"), ssl_certfile=str(folder / "cert.pem"))
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True)
+        self._asgi = AsgiServer(app.streamable_http_app(), ssl_keyfile=str(folder / "key.pem"),
+                                ssl_certfile=str(folder / "cert.pem"))
+        self.port = self._asgi.port
 
     def start(self) -> None:
-        self._thread.start()
-        for _ in range(200):
-            if self._server.started:
-                return
-            threading.Event().wait(0.05)
-        raise RuntimeError("MCP server did not start")
+        self._asgi.start()
 
     def stop(self) -> None:
-        self._server.should_exit = True
-        self._thread.join(10)
+        self._asgi.stop()
 
 
 @pytest.fixture(scope="module")

@@ -10,21 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import anyio
 import httpx
 import pytest
-import uvicorn
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from mcp.server.fastmcp import Context, FastMCP
 from mcp.shared.exceptions import McpError
 
+from asgi_server import AsgiServer
 from support import Gateway, start_gateway
 
 TOOLS = {"search", "delete_repo", "login", "drop_tables", "wait_for_go"}
@@ -66,27 +64,18 @@ class McpServer:
             seen = await anyio.to_thread.run_sync(self.go.wait, 20)
             return "go" if seen else "stream was buffered"
 
-        self._sock = socket.socket()
-        self._sock.bind(("127.0.0.1", 0))
-        self.port = self._sock.getsockname()[1]
-        self._server = uvicorn.Server(uvicorn.Config(app.streamable_http_app(), log_level="warning", lifespan="on"))
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True)
+        self._asgi = AsgiServer(app.streamable_http_app())
+        self.port = self._asgi.port
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/mcp"
 
     def start(self) -> None:
-        self._thread.start()
-        for _ in range(200):
-            if self._server.started:
-                return
-            threading.Event().wait(0.05)
-        raise RuntimeError("MCP server did not start")
+        self._asgi.start()
 
     def stop(self) -> None:
-        self._server.should_exit = True
-        self._thread.join(10)
+        self._asgi.stop()
 
 
 @pytest.fixture(scope="module")
