@@ -20,7 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from wardgate.gateway.audit import AuditRecord, AuditWriter, CheckpointPolicy
+from wardgate.gateway.audit import AuditRecord
+from wardgate.gateway.audit_writer import AuditWriter, CheckpointPolicy
 from wardgate.gateway.audit_keys import load_or_create_signer
 from wardgate.gateway.audit_store import Postgres
 

@@ -17,7 +17,8 @@ from aiohttp import web
 from . import admin_token, approval_api, audit_page, oauth_connect, token_api
 from . import keys as keys_module
 from .agents import AgentDirectory, AgentRegistry
-from .audit import AuditQuery, AuditWriter, query_records
+from .audit import AuditQuery, query_records
+from .audit_writer import AuditWriter
 from .audit_keys import load_public_keys
 from .audit_store import store_exists
 from .audit_verify import verify_record

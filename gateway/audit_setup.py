@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .audit import AuditWriter, CheckpointPolicy
+from .audit_writer import AuditWriter, CheckpointPolicy
 from .audit_checkpoint import CheckpointSink
 from .audit_keys import load_or_create_signer
 from .audit_spool import Spool

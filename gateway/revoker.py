@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import time
 
-from .audit import AuditRecord, AuditWriter
+from .audit import AuditRecord
+from .audit_writer import AuditWriter
 from .errors import DependencyUnavailable, WardgateError
 from .ids import new_id
 from .revocations import Revocation, RevocationKind, RevocationStore, RevocationView, check_revocation

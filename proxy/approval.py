@@ -18,7 +18,7 @@ import time
 from mitmproxy import http
 
 from wardgate.gateway.approvals import ApprovalStore, ParkedCall
-from wardgate.gateway.audit import AuditWriter
+from wardgate.gateway.audit_writer import AuditWriter
 from wardgate.gateway.errors import DependencyUnavailable, PolicyDenied, WardgateError
 from wardgate.gateway.idempotency import fingerprint
 from wardgate.gateway.policy import Decision

@@ -7,7 +7,7 @@ import time
 
 from mitmproxy import http
 
-from wardgate.gateway.audit import AuditWriter
+from wardgate.gateway.audit_writer import AuditWriter
 from wardgate.gateway.usage import extract_usage
 
 from .call import KEY, call_of

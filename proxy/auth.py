@@ -18,7 +18,7 @@ import logging
 
 from mitmproxy import connection, http
 
-from wardgate.gateway.audit import AuditWriter
+from wardgate.gateway.audit_writer import AuditWriter
 from wardgate.gateway.errors import IdentityError, WardgateError
 from wardgate.gateway.identity import Principal, TokenVerifier, token_from_proxy_authorization
 from wardgate.gateway.revocations import Revocation, RevocationView

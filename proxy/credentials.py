@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from wardgate.gateway.assertion import AssertionMinter
-from wardgate.gateway.audit import AuditWriter
+from wardgate.gateway.audit_writer import AuditWriter
 from wardgate.gateway.bindings import Bindings
 from wardgate.gateway.credentials import CredentialProvider
 from wardgate.gateway.keys import KeyRing

@@ -20,7 +20,7 @@ import logging
 from mitmproxy import connection, http, tcp
 from mitmproxy.proxy import server_hooks
 
-from wardgate.gateway.audit import AuditWriter
+from wardgate.gateway.audit_writer import AuditWriter
 from wardgate.gateway.destinations import DestinationGuard, parse_ip_literal
 from wardgate.gateway.errors import BadRequest, WardgateError
 

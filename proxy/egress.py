@@ -16,7 +16,7 @@ from urllib.parse import parse_qs
 
 from mitmproxy import http
 
-from wardgate.gateway.audit import AuditWriter
+from wardgate.gateway.audit_writer import AuditWriter
 from wardgate.gateway.errors import PolicyDenied, WardgateError
 from wardgate.gateway.policy import PolicyClient, policy_headers, time_document
 

@@ -41,7 +41,7 @@ from mitmproxy import http
 from mitmproxy.proxy.layers.http import HttpResponseHeadersHook, HttpResponseHook
 from yarl import URL
 
-from wardgate.gateway.audit import AuditWriter
+from wardgate.gateway.audit_writer import AuditWriter
 from wardgate.gateway.destinations import parse_ip_literal
 from wardgate.gateway.errors import UpstreamError, UpstreamTimeout, WardgateError
 from wardgate.gateway.settings import IdempotencySettings

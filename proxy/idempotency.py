@@ -18,7 +18,7 @@ import time
 
 from mitmproxy import http
 
-from wardgate.gateway.audit import AuditWriter
+from wardgate.gateway.audit_writer import AuditWriter
 from wardgate.gateway.errors import BadRequest, Conflict, DependencyUnavailable, Unprocessable, WardgateError
 from wardgate.gateway.idempotency import IdempotencyStore, Outcome, StoredResponse, fingerprint, process_gone
 from wardgate.gateway.settings import IdempotencySettings

@@ -28,7 +28,7 @@ from typing import Any
 
 from mitmproxy import http
 
-from wardgate.gateway.audit import AuditWriter
+from wardgate.gateway.audit_writer import AuditWriter
 from wardgate.gateway.bindings import Binding, Bindings, marker, markers_in
 from wardgate.gateway.credentials import Caller, CredentialProvider, Injected
 from wardgate.gateway.errors import BadRequest, WardgateError

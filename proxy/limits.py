@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from mitmproxy import connection, http
 
-from wardgate.gateway.audit import AuditWriter
+from wardgate.gateway.audit_writer import AuditWriter
 from wardgate.gateway.errors import TooManyRequests, WardgateError
 from wardgate.gateway.settings import LimitsSettings
 

@@ -22,7 +22,7 @@ from functools import partial
 
 from mitmproxy import http
 
-from wardgate.gateway.audit import AuditWriter
+from wardgate.gateway.audit_writer import AuditWriter
 from wardgate.gateway.errors import BadRequest, DependencyUnavailable, ErrorResponse, WardgateError
 from wardgate.gateway.mcp import (
     SseEvent,

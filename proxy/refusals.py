@@ -7,7 +7,7 @@ import time
 
 from mitmproxy import http
 
-from wardgate.gateway.audit import AuditWriter
+from wardgate.gateway.audit_writer import AuditWriter
 from wardgate.gateway.errors import WardgateError, to_response
 
 from .call import call_of

@@ -31,7 +31,7 @@ import brotli
 import zstandard
 from mitmproxy import http
 
-from wardgate.gateway.audit import AuditWriter
+from wardgate.gateway.audit_writer import AuditWriter
 from wardgate.gateway.bindings import Binding
 from wardgate.gateway.credentials import Injected
 from wardgate.gateway.errors import UpstreamError

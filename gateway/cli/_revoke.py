@@ -16,7 +16,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from ..audit import AuditWriter
+from ..audit_writer import AuditWriter
 from ..errors import WardgateError
 from ..revocations import RevocationKind, open_store
 from ..revoker import Revoker, admin_record

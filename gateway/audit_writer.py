@@ -1,0 +1,356 @@
+"""The audit writer: one thread per gateway process that chains and group-commits audit records.
+
+Callers on the event loop ``commit`` a record and wait for it to be durable (intents, refusals,
+admin records) or hand it over with ``record_later`` (outcomes). The thread commits whatever is
+queued in one transaction, signs checkpoints (audit_checkpoint), and puts what the store refuses in
+the spool (audit_spool) to replay later. Records, their canonical bytes and the chain are in audit.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+
+from .audit import GENESIS, INSERT_HEAD, INSERT_ROW, SCHEMA, AuditRecord, chain_rows
+from .audit_checkpoint import INSERT_CHECKPOINT, Checkpoint, CheckpointSink, checkpoint_row
+from .audit_keys import CheckpointSigner
+from .audit_spool import Spool
+from .audit_store import Postgres, PostgresWriterStore, Source, SqliteWriterStore, StoreError
+from .errors import DependencyUnavailable
+from .ids import new_id
+from .metrics import Metrics
+
+log = logging.getLogger("wardgate.audit")
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointPolicy:
+    """When the writer signs a checkpoint: every ``every`` records, every ``interval`` seconds
+    while records arrive, and after ``idle`` seconds without any."""
+
+    signer: CheckpointSigner
+    every: int = 1000
+    interval: float = 10.0
+    idle: float = 1.0
+    sink: CheckpointSink | None = None
+
+
+# (record, future the caller awaits, spool the record if the store refuses it)
+_Item = tuple[AuditRecord, "asyncio.Future[None]", bool]
+_WAKE = "wake"  # queued by record_later when the writer sleeps with no deadline (see _next)
+_NOTHING = "nothing"  # _next's answer when its wait ran out
+_AWAKE = 1.0  # seconds after a batch during which the writer looks for outcomes without being woken
+
+
+def _expire(future: asyncio.Future[None]) -> None:
+    if not future.done():  # nobody waits any more; the writer still commits (or spools) the record
+        future.set_exception(DependencyUnavailable("audit record could not be committed in time", code="audit_unavailable"))
+
+
+class AuditWriter:
+    """Appends records from one gateway process through a single group-commit thread.
+
+    Two ways in. ``commit`` (intents, refusals, admin records) queues a record with a future and
+    wakes the writer, which commits everything queued in one transaction and then resolves that
+    batch's futures with one hand-off to the event loop. ``record_later`` (outcomes) only appends
+    to a list the writer takes along with the next batch: nobody waits for those records, so they
+    cost neither a wake-up of the writer nor a transaction of their own while calls keep coming;
+    when none come, they are committed ``linger`` seconds later.
+    """
+
+    def __init__(
+        self,
+        path: Source,
+        *,
+        max_batch: int = 512,
+        checkpoints: CheckpointPolicy | None = None,
+        spool: Spool | None = None,
+        busy_timeout: float = 5.0,
+        retry_interval: float = 0.5,
+        linger: float = 0.02,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self._path = path
+        self.metrics = metrics or Metrics()
+        self._max_batch = max_batch
+        self._checkpoints = checkpoints
+        self._spool = spool
+        self._busy_timeout = busy_timeout
+        self._retry_interval = retry_interval
+        self._linger = linger
+        self._queue: queue.SimpleQueue[_Item | str | None] = queue.SimpleQueue()
+        # deque.append and popleft are atomic: the loop appends, the writer takes.
+        self._later: collections.deque[AuditRecord] = collections.deque()
+        # True while the writer waits with nothing in _later: then record_later must wake it.
+        self._asleep = False
+        self.writer_id = new_id()
+        self._seq = 0
+        self._prev = GENESIS
+        self._checkpointed_seq = 0
+        self._checkpointed_at = time.monotonic()
+        # Writer thread: when the last batch was written, the spool last replayed, a checkpoint last tried.
+        self._active_at = self._retried_at = self._attempted_at = 0.0
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._submitted = 0  # written by the event loop only
+        self._settled = 0  # written by the writer thread only
+        # Written by the writer thread, read by readiness and metrics (plain ints: atomic enough).
+        self.spooled = 0
+        self.lost = 0
+        self.committed = 0
+        self.batches = 0
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        ready: queue.SimpleQueue[BaseException | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, args=(ready,), name="audit-writer", daemon=True)
+        self._thread.start()
+        error = ready.get()
+        if error is not None:
+            raise DependencyUnavailable(f"audit store cannot be opened: {error}", code="audit_unavailable")
+
+    async def stop(self) -> None:
+        """Drain the queue, then sign the clean-stop checkpoint that closes this writer's chain."""
+        if self._thread is not None:
+            self._queue.put(None)
+            await asyncio.to_thread(self._thread.join, 10.0)
+            self._thread = None
+        if self._checkpoints is not None and self._checkpoints.sink is not None:
+            await asyncio.to_thread(self._checkpoints.sink.close)
+
+    @property
+    def healthy(self) -> bool:
+        """Nothing waits in the spool: every record so far is in the store."""
+        return self.spooled == 0
+
+    @property
+    def pending(self) -> int:
+        """Records queued but not yet committed (or spooled)."""
+        return self._submitted - self._settled
+
+    def submit(self, record: AuditRecord, *, spool_on_failure: bool = False) -> asyncio.Future[None]:
+        """Queue ``record``; the future resolves once it is committed (or fails)."""
+        assert self._loop is not None, "AuditWriter.start() first"
+        future: asyncio.Future[None] = self._loop.create_future()
+        self.metrics.observe_record(record)
+        self._submitted += 1
+        self._queue.put((record, future, spool_on_failure))
+        return future
+
+    def record_later(self, record: AuditRecord) -> None:
+        """Queue ``record`` without waiting for its commit (outcomes: the response goes on).
+
+        It is committed with the next batch, or ``linger`` seconds from now if no batch comes
+        sooner. If the store cannot take it, the writer puts it in the spool instead (see audit_spool).
+        """
+        self.metrics.observe_record(record)
+        self._submitted += 1
+        self._later.append(record)
+        if self._asleep:
+            self._asleep = False
+            self._queue.put(_WAKE)
+
+    async def commit(self, record: AuditRecord, timeout: float, *, spool_on_failure: bool = False) -> None:
+        """Commit ``record`` durably or raise ``audit_unavailable``: the caller must not proceed.
+
+        ``spool_on_failure`` (refusals): if the store refuses the record, keep it in the spool
+        anyway; the caller still gets the error, since the record is not in the store yet.
+        """
+        future = self.submit(record, spool_on_failure=spool_on_failure)
+        assert self._loop is not None
+        started = time.perf_counter()
+        # A timer that fails the future rather than asyncio.wait_for(shield(...)): the same
+        # outcome for a fraction of the event loop's time.
+        expiry = self._loop.call_later(timeout, _expire, future)
+        try:
+            await future
+        finally:
+            expiry.cancel()
+        self.metrics.observe_commit(time.perf_counter() - started)
+
+    # -- writer thread ---------------------------------------------------------------------------
+
+    def _open(self) -> SqliteWriterStore | PostgresWriterStore:
+        if isinstance(self._path, Postgres):
+            return PostgresWriterStore(self._path.dsn, SCHEMA, self._busy_timeout)
+        return SqliteWriterStore(self._path, SCHEMA, self._busy_timeout)
+
+    def _run(self, ready: "queue.SimpleQueue[BaseException | None]") -> None:
+        try:
+            conn = self._open()
+            if self._spool is not None:
+                self.spooled = len(self._spool)
+            if self._checkpoints is not None:
+                self._checkpoint(conn, "open", raise_errors=True)
+        except (StoreError, OSError) as exc:
+            ready.put(exc)
+            return
+        ready.put(None)
+        stopping = False
+        while not stopping:
+            item = self._next()
+            batch: list[_Item] = []
+            while item is not _NOTHING:
+                if item is None:
+                    stopping = True
+                    break
+                if item is not _WAKE:
+                    batch.append(item)  # type: ignore[arg-type]
+                    if len(batch) >= self._max_batch:
+                        break
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            # Outcomes go with a batch, or alone once the linger ran out; a wake-up alone starts it.
+            if batch or (self._later and (item is _NOTHING or stopping)):
+                self._write(conn, batch, self._take_later(self._max_batch - len(batch)))
+                self._active_at = time.monotonic()
+            self._duties(conn, stopping)
+        while self._later:
+            self._write(conn, [], self._take_later(self._max_batch))
+        if self._checkpoints is not None:
+            self._checkpoint(conn, "clean_stop")
+        conn.close()
+
+    def _duties(self, conn: SqliteWriterStore | PostgresWriterStore, stopping: bool) -> None:
+        """Spool replay and checkpoints, when they are due."""
+        now = time.monotonic()
+        if self.spooled and (stopping or now - self._retried_at >= self._retry_interval):
+            self._replay_spool(conn)
+            self._retried_at = time.monotonic()
+        policy = self._checkpoints
+        if policy is None or self._seq <= self._checkpointed_seq:
+            return
+        if self._seq - self._checkpointed_seq >= policy.every or now - self._checkpointed_at >= policy.interval:
+            self._checkpoint(conn, "periodic")
+        elif now - max(self._active_at, self._attempted_at) >= policy.idle and not self._later:
+            self._checkpoint(conn, "idle")
+
+    def _next(self) -> _Item | str | None:
+        """The next queued item, or _NOTHING once the wait for it ran out (then duties may be due).
+
+        While calls are in flight (records came within ``_AWAKE`` seconds) the writer wakes every
+        ``linger`` seconds to look for outcomes, so that record_later needs no wake-up; after that
+        it sleeps until woken (then record_later queues _WAKE).
+        """
+        now = time.monotonic()
+        deadlines = []
+        if self._later:
+            deadlines.append(now if len(self._later) >= self._max_batch else now + self._linger)
+        elif now - self._active_at < _AWAKE:
+            deadlines.append(now + self._linger)
+        if self._checkpoints is not None and self._seq > self._checkpointed_seq:
+            policy = self._checkpoints
+            due = min(self._active_at + policy.idle, self._checkpointed_at + policy.interval)
+            deadlines.append(max(due, self._attempted_at + policy.idle))  # a failed attempt: retry later
+        if self.spooled:
+            deadlines.append(self._retried_at + self._retry_interval)
+        wait = max(0.0, min(deadlines) - now) if deadlines else None
+        if not self._later and (wait is None or wait > self._linger):
+            self._asleep = True
+            if self._later:  # recorded just before the flag went up: it gets no wake-up
+                self._asleep = False
+                wait = self._linger
+        try:
+            return self._queue.get(timeout=wait)
+        except queue.Empty:
+            return _NOTHING
+        finally:
+            self._asleep = False
+
+    def _take_later(self, limit: int) -> list[AuditRecord]:
+        taken = []
+        later = self._later
+        while later and len(taken) < limit:
+            taken.append(later.popleft())
+        return taken
+
+    def _insert(self, conn: SqliteWriterStore | PostgresWriterStore, records: list[AuditRecord]) -> None:
+        """Chain and commit ``records`` in one transaction; the chain advances only on success."""
+        rows, seq, prev = chain_rows(records, self.writer_id, self._seq, self._prev)
+        conn.append(INSERT_HEAD, INSERT_ROW, rows)
+        self._seq, self._prev = seq, prev
+        self.committed += len(records)
+        self.batches += 1
+
+    def _write(self, conn: SqliteWriterStore | PostgresWriterStore, batch: list[_Item], later: list[AuditRecord]) -> None:
+        """Commit ``later`` (outcomes, older) and ``batch`` together, then settle the batch's futures."""
+        records = later + [record for record, _, _ in batch]
+        if not records:
+            return
+        error: BaseException | None = None
+        try:
+            self._insert(conn, records)
+        except StoreError as exc:
+            error = exc
+            log.error("audit store write failed (%s records): %s", len(records), exc)
+            # Outcomes and refusals go to the spool; an intent that failed is a refused call
+            # (its refusal record says so), so it is not kept as if it had gone out.
+            orphans = later + [record for record, _, keep in batch if keep]
+            if orphans:
+                self._to_spool(orphans)
+        self._settled += len(records)
+        if batch:  # outcomes alone: nobody waits, so the event loop is not woken
+            assert self._loop is not None
+            self._loop.call_soon_threadsafe(self._resolve, [future for _, future, _ in batch], error)
+
+    def _to_spool(self, records: list[AuditRecord]) -> None:
+        if self._spool is None:
+            self.lost += len(records)
+            log.error("%s audit records lost: no spool configured", len(records))
+            return
+        try:
+            self._spool.append(records)
+            self.spooled += len(records)
+        except OSError as exc:
+            self.lost += len(records)
+            log.error("%s audit records lost: spool not writable (%s)", len(records), exc.strerror)
+
+    def _replay_spool(self, conn: SqliteWriterStore | PostgresWriterStore) -> None:
+        assert self._spool is not None
+        records = self._spool.read()
+        try:
+            if records:
+                # A crash between commit and clear would replay twice: skip ids already stored.
+                present: set[str] = set()
+                for start in range(0, len(records), 500):
+                    present |= conn.existing_ids([r.id for r in records[start:start + 500]])
+                fresh = list({r.id: r for r in records if r.id not in present}.values())
+                if fresh:
+                    self._insert(conn, fresh)
+            self._spool.clear()
+            self.spooled = 0
+            log.info("audit spool replayed: %s records", len(records))
+        except StoreError as exc:
+            log.warning("audit spool not replayed yet: %s", exc)
+
+    def _checkpoint(self, conn: SqliteWriterStore | PostgresWriterStore, kind: str, *, raise_errors: bool = False) -> None:
+        policy = self._checkpoints
+        assert policy is not None
+        self._attempted_at = time.monotonic()
+        cp = Checkpoint.signed(policy.signer, writer=self.writer_id, seq=self._seq, hash=self._prev, time=time.time(), kind=kind)
+        try:
+            conn.transaction([(INSERT_CHECKPOINT, [checkpoint_row(cp)])])
+        except StoreError as exc:
+            if raise_errors:
+                raise
+            log.warning("audit checkpoint not written: %s", exc)
+            return
+        self._checkpointed_seq, self._checkpointed_at = self._seq, time.monotonic()
+        if policy.sink is not None:
+            policy.sink.emit(cp)
+
+    def _resolve(self, futures: list[asyncio.Future[None]], error: BaseException | None) -> None:
+        for future in futures:
+            if future.done():
+                continue
+            if error is None:
+                future.set_result(None)
+            else:
+                future.set_exception(DependencyUnavailable("audit store write failed", code="audit_unavailable"))
