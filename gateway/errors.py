@@ -7,13 +7,15 @@
     ├── AdminAuthError                 401     admin_unauthorized
     ├── PolicyDenied                   403     policy_denied
     ├── NotFound                       404     not_found
+    ├── RequestTimeout                 408     request_timeout       (the request body did not arrive in time)
     ├── Conflict                       409     conflict              (e.g. idempotent call still in flight)
     ├── PayloadTooLarge                413     request_too_large
     ├── Unprocessable                  422     unprocessable         (e.g. idempotency key reused)
     ├── HeadersTooLarge                431     request_headers_too_large
     ├── TooManyRequests                429     rate_limited
     ├── UpstreamError                  502     upstream_error
-    ├── UpstreamTimeout                504     upstream_timeout
+    ├── UpstreamTimeout                504     upstream_timeout      (connected and sent; no answer in time)
+    │   └── UpstreamConnectTimeout     504     upstream_connect_timeout  (never connected: nothing was sent)
     └── DependencyUnavailable          503     *_unavailable         (policy, audit, state ...)
 
 Every refusal a client sees carries a stable ``code`` (snake_case, never reworded once shipped)
@@ -106,9 +108,20 @@ class UpstreamError(WardgateError):
     code = "upstream_error"
 
 
+class RequestTimeout(WardgateError):
+    status = 408
+    code = "request_timeout"
+
+
 class UpstreamTimeout(WardgateError):
     status = 504
     code = "upstream_timeout"
+
+
+class UpstreamConnectTimeout(UpstreamTimeout):
+    """The upstream never accepted the connection, so it received nothing: a retry cannot repeat a side effect."""
+
+    code = "upstream_connect_timeout"
 
 
 class DependencyUnavailable(WardgateError):

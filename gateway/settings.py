@@ -104,10 +104,13 @@ class LimitsSettings(_Section):
     max_tunnels_per_agent: int = Field(default=64, ge=1)  # open CONNECT tunnels → 429
     requests_per_second: float = Field(default=50.0, gt=0)  # per agent, token bucket → 429 + Retry-After
     burst: int = Field(default=100, ge=1)
+    # The TCP connect to an upstream must complete within this → 504 upstream_connect_timeout.
+    connect_timeout: float = Field(default=10.0, gt=0, le=300)
     # An upstream must send its response head, and then a buffered body, within this → 504 upstream_timeout.
     upstream_timeout: float = Field(default=60.0, gt=0)
 
-    @field_validator("header_timeout", "idle_timeout", "upstream_timeout", mode="before")
+    @field_validator("header_timeout", "idle_timeout", "connect_timeout", "upstream_timeout",
+                     mode="before")
     @classmethod
     def _duration(cls, value: Any) -> float:
         return parse_duration(value)

@@ -12,6 +12,7 @@ from wardgate.gateway.usage import extract_usage
 
 from .call import KEY, call_of
 from .event_streams import STREAM_SAMPLE
+from .upstream_timeout import CONNECT_TIMED_OUT
 
 
 class AuditTrail:
@@ -55,6 +56,8 @@ class AuditTrail:
         message = (flow.error.msg if flow.error else "").lower()
         if "client disconnected" in message:
             code, status = "client_disconnected", None
+        elif message == CONNECT_TIMED_OUT.lower():
+            code, status = "upstream_connect_timeout", 504
         elif "timeout" in message or "timed out" in message:
             code, status = "upstream_timeout", 504
         else:

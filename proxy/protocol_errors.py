@@ -2,7 +2,8 @@
 
 mitmproxy renders protocol errors as an HTML page from inside its HTTP/1 layer, where no addon
 hook can replace it. We swap that one renderer for one that emits the JSON body and the
-``X-Wardgate-Error`` header every other refusal carries. The status code is mitmproxy's.
+``X-Wardgate-Error`` header every other refusal carries. The status code is mitmproxy's (or the one
+``upstream_timeout.install`` set); a few of wardgate's own messages pick a more precise code.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from mitmproxy import http
 from mitmproxy.net.http import http1
 from mitmproxy.proxy.layers.http import _http1
 
-from wardgate.gateway.errors import WardgateError, to_response
+from wardgate.gateway.errors import UpstreamConnectTimeout, WardgateError, to_response
+
+from .upstream_timeout import CONNECT_TIMED_OUT
 
 _CODES = {
     400: "bad_request",
@@ -23,16 +26,23 @@ _CODES = {
 }
 
 
-def _status_error(status_code: int) -> WardgateError:
+_MESSAGES = {
+    408: "the request did not arrive in time",
+    504: "the upstream did not answer in time",
+}
+
+
+def _status_error(status_code: int, message: str = "") -> WardgateError:
+    if message == CONNECT_TIMED_OUT:
+        return UpstreamConnectTimeout("the upstream did not accept the connection in time; nothing was sent")
     code = _CODES.get(status_code, "upstream_error" if status_code >= 500 else "bad_request")
-    message = "the upstream could not be reached or failed" if status_code >= 500 else "the request was malformed"
-    error = WardgateError(message, code=code)
-    return error
+    default = "the upstream could not be reached or failed" if status_code >= 500 else "the request was malformed"
+    return WardgateError(_MESSAGES.get(status_code, default), code=code)
 
 
 def make_error_response(status_code: int, message: str = "") -> bytes:
-    # mitmproxy's message may name internal addresses; the client gets only the stable code.
-    rendered = to_response(_status_error(status_code))
+    # mitmproxy's message may name internal addresses; the client gets only the stable code and our text.
+    rendered = to_response(_status_error(status_code, message))
     headers = http.Headers(**{k.replace("-", "_"): v for k, v in rendered.headers.items()}, Connection="close")
     return http1.assemble_response(http.Response.make(status_code, rendered.body, headers))
 

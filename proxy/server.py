@@ -51,7 +51,7 @@ from .intent import IntentRecord
 from .limits import Limits
 from .mcp import McpGateway
 from .trace import TraceContext
-from .upstream_timeout import UpstreamTimeout
+from .upstream_timeout import ConnectTimeout, UpstreamTimeout
 from .workers import WorkerOf, listen_with_reuse_port, run_workers
 
 log = logging.getLogger("wardgate")
@@ -232,6 +232,7 @@ async def serve(
         limits = Limits(settings.limits, heads, audit, timeout)
         upstream_timeout.install()
         upstream_deadline = UpstreamTimeout(settings.limits.upstream_timeout)
+        connect_deadline = ConnectTimeout(settings.limits.connect_timeout)
         proxy_master = build_master(
             settings,
             stages.apply(settings.bench.unsafe_skip_stages, [
@@ -260,11 +261,14 @@ async def serve(
                 EventStreams(),
                 credentials.stream_scrubber,
                 upstream_deadline,
+                # `server_connect` hook, after DestinationPin chose the address to dial.
+                connect_deadline,
             ]),
         )
         auth.attach(proxy_master.addons.get("proxyserver"))
         limits.attach(proxy_master.addons.get("proxyserver"))
         upstream_deadline.attach(proxy_master.addons.get("proxyserver"))
+        connect_deadline.attach(proxy_master.addons.get("proxyserver"))
         refresher = asyncio.create_task(directory.run(), name="agent-directory")
         stack.callback(refresher.cancel)
         revocation_feed = asyncio.create_task(revocations.run(), name="revocation-view")

@@ -99,3 +99,28 @@ def test_explicit_config_file_must_exist(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_settings(config_file=tmp_path / "nope.toml", environ={}, cwd=tmp_path)
     assert caught.value.code == "config_not_found"
+
+
+def test_time_limits_default_and_accept_durations(tmp_path: Path) -> None:
+    limits = load_settings(environ={}, cwd=tmp_path).limits
+    assert limits.connect_timeout == 10.0
+    (tmp_path / "wardgate.toml").write_text("[limits]\nconnect_timeout = '750ms'\n")
+    assert load_settings(environ={}, cwd=tmp_path).limits.connect_timeout == 0.75
+    assert load_settings(environ={"WARDGATE_LIMITS__CONNECT_TIMEOUT": "3s"}, cwd=tmp_path).limits.connect_timeout == 3.0
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ("connect_timeout = 0", "limits.connect_timeout"),
+        ("connect_timeout = -1", "limits.connect_timeout"),
+        ("connect_timeout = '10 minutes'", "limits.connect_timeout: Value error, not a duration"),
+        ("connect_timeout = '1h'", "limits.connect_timeout"),  # above the 300 s cap
+        ("conect_timeout = '1s'", "did you mean 'connect_timeout'?"),
+    ],
+)
+def test_bad_time_limits_are_refused_with_the_key_named(tmp_path: Path, toml: str, message: str) -> None:
+    (tmp_path / "wardgate.toml").write_text(f"[limits]\n{toml}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(environ={}, cwd=tmp_path)
+    assert message in caught.value.message
