@@ -100,6 +100,8 @@ class LimitsSettings(_Section):
     max_headers: int = Field(default=100, ge=8, le=1000)  # header fields → 431
     max_body_bytes: int = Field(default=10 << 20, ge=1024)  # request body → 413, checked as it arrives
     header_timeout: float = Field(default=10.0, gt=0, le=300)  # first byte of a request to end of its head
+    # End of a request's head to end of its body → 408 request_timeout; nothing is sent upstream.
+    body_timeout: float = Field(default=60.0, gt=0, le=3600)
     idle_timeout: float = Field(default=300.0, gt=0)  # a connection or tunnel waiting for its next request
     max_tunnels_per_agent: int = Field(default=64, ge=1)  # open CONNECT tunnels → 429
     requests_per_second: float = Field(default=50.0, gt=0)  # per agent, token bucket → 429 + Retry-After
@@ -109,7 +111,7 @@ class LimitsSettings(_Section):
     # An upstream must send its response head, and then a buffered body, within this → 504 upstream_timeout.
     upstream_timeout: float = Field(default=60.0, gt=0)
 
-    @field_validator("header_timeout", "idle_timeout", "connect_timeout", "upstream_timeout",
+    @field_validator("header_timeout", "body_timeout", "idle_timeout", "connect_timeout", "upstream_timeout",
                      mode="before")
     @classmethod
     def _duration(cls, value: Any) -> float:

@@ -15,7 +15,14 @@ Everything here runs inside mitmproxy's HTTP/1 server layer, before any addon ho
 request produces no flow, opens no upstream connection and is answered with the JSON error
 (``request_framing_invalid`` 400, ``request_headers_too_large`` 431, ``request_too_large`` 413) and
 the client connection closed. :func:`inspect_head` is a pure function (fuzzed in
-``tests/fuzz``). ``install`` swaps two methods, like ``protocol_errors`` swaps one renderer.
+``tests/fuzz``). ``install`` swaps three methods, like ``protocol_errors`` swaps one renderer.
+
+The third lets a request whose body is late be answered from outside the layer: Limits' watchdog
+(``limits.body_timeout``) injects a :class:`BodyLate` message for the flow through mitmproxy's
+``Proxyserver.inject_event``, which routes it to the flow's HTTP stream; a stream still reading that
+request's body answers 408 ``request_timeout`` and closes the connection. The body is buffered (never
+streamed), and with the lazy connection strategy no upstream connection exists before it is complete,
+so the upstream receives nothing.
 """
 
 from __future__ import annotations
@@ -43,6 +50,11 @@ _HEAD_END = re.compile(rb"\n\r?\n")
 _CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _CONTENT_LENGTH = re.compile(rb"^(?:0|[1-9][0-9]{0,17})$")
 BODY_LIMIT_MESSAGE = "request body exceeds wardgate's limits.max_body_bytes"
+BODY_TIMEOUT_MESSAGE = "request body did not arrive within wardgate's limits.body_timeout"
+
+
+class BodyLate:
+    """The message of the ``MessageInjected`` event that tells a stream its request body is late."""
 
 
 def _framing(reason: str) -> BadRequest:
@@ -171,3 +183,21 @@ class HeadGuard:
 
         capped_check_body_size.__wrapped__ = original_check  # type: ignore[attr-defined]
         http_layer.HttpStream.check_body_size = capped_check_body_size  # type: ignore[method-assign]
+
+        handle_event = http_layer.HttpStream._handle_event
+        original_handle = getattr(handle_event, "__wrapped__", handle_event)
+
+        def handle_event_or_late_body(stream: http_layer.HttpStream, event: events.Event):  # type: ignore[no-untyped-def]
+            if isinstance(event, events.MessageInjected) and isinstance(event.message, BodyLate):
+                # Only the request this watchdog entry was for, and only while its body is still arriving.
+                if event.flow is getattr(stream, "flow", None) and stream.client_state == stream.state_consume_request_body:
+                    log.info("request body from %s did not arrive in time", stream.context.client.peername)
+                    yield from stream.handle_protocol_error(
+                        ResponseProtocolError(stream.stream_id, BODY_TIMEOUT_MESSAGE, 408)
+                    )
+                    stream.client_state = stream.state_errored
+                return
+            yield from original_handle(stream, event)
+
+        handle_event_or_late_body.__wrapped__ = original_handle  # type: ignore[attr-defined]
+        http_layer.HttpStream._handle_event = handle_event_or_late_body  # type: ignore[method-assign]

@@ -7,8 +7,11 @@ Runs right after ProxyAuth, so every limit is counted per agent (tenant, agent):
 
 A watchdog closes connections whose request head has been arriving for longer than
 ``header_timeout`` (slowloris) and connections or tunnels waiting for their next request for
-longer than ``idle_timeout``. Header size, header count and body size are checked earlier, inside
-the HTTP/1 layer (``framing.py``); the body refusal is recorded here, in the ``error`` hook.
+longer than ``idle_timeout``. The same watchdog bounds a request body: from the request head
+(``requestheaders``) to the end of its body (``request``) at most ``body_timeout``, else the
+stream is told to answer 408 ``request_timeout`` (``framing.BodyLate``). Header size, header count
+and body size are checked earlier, inside the HTTP/1 layer (``framing.py``); the body refusals (413,
+408) are recorded here, in the ``error`` hook.
 """
 
 from __future__ import annotations
@@ -21,13 +24,15 @@ import time
 from dataclasses import dataclass
 
 from mitmproxy import connection, http
+from mitmproxy.net.http import http1
+from mitmproxy.proxy import events
 
 from wardgate.gateway.audit_writer import AuditWriter
 from wardgate.gateway.errors import TooManyRequests, WardgateError
 from wardgate.gateway.settings import LimitsSettings
 
 from .call import KEY, call_of
-from .framing import BODY_LIMIT_MESSAGE, HeadGuard
+from .framing import BODY_LIMIT_MESSAGE, BODY_TIMEOUT_MESSAGE, BodyLate, HeadGuard
 from .refusals import refuse
 
 log = logging.getLogger("wardgate.proxy")
@@ -63,6 +68,8 @@ class Limits:
         self._tunnels: dict[AgentKey, set[str]] = {}
         self._tunnel_owner: dict[str, AgentKey] = {}
         self._waiting: dict[str, float] = {}  # client id → since when it waits for its next request
+        # client id → (since when, flow) for a request whose head was read and whose body is still arriving
+        self._bodies: dict[str, tuple[float, http.HTTPFlow]] = {}
         self._proxyserver: object | None = None
         self._watchdog: asyncio.Task[None] | None = None
 
@@ -92,6 +99,8 @@ class Limits:
 
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
         self._waiting.pop(flow.client_conn.id, None)
+        if _expects_body(flow.request):  # refused or not: the connection is held until the body is read
+            self._bodies[flow.client_conn.id] = (time.monotonic(), flow)
         principal = call_of(flow).principal
         if flow.response is not None or principal is None:
             return
@@ -107,32 +116,43 @@ class Limits:
             error = TooManyRequests(f"agent exceeds {self._settings.requests_per_second:g} requests per second")
             await self._too_many(flow, error, wait)
 
+    def request(self, flow: http.HTTPFlow) -> None:
+        self._bodies.pop(flow.client_conn.id, None)
+
     def response(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None and flow.response.status_code != 101 and flow.client_conn.connected:
             self._waiting[flow.client_conn.id] = time.monotonic()
 
     async def error(self, flow: http.HTTPFlow) -> None:
-        if flow.error is not None and flow.error.msg == BODY_LIMIT_MESSAGE:
-            await self._body_refused(flow)
+        existing = self._bodies.get(flow.client_conn.id)
+        if existing is not None and existing[1] is flow:
+            del self._bodies[flow.client_conn.id]
+        message = flow.error.msg if flow.error is not None else None
+        if message == BODY_LIMIT_MESSAGE:
+            await self._body_refused(flow, 413, "request_too_large", "body_bytes")
+        elif message == BODY_TIMEOUT_MESSAGE:
+            await self._body_refused(flow, 408, "request_timeout", "body_timeout")
         elif flow.client_conn.connected:
             self._waiting[flow.client_conn.id] = time.monotonic()
 
-    async def _body_refused(self, flow: http.HTTPFlow) -> None:
-        """413 from framing.py: a refusal if no addon saw the call yet, else the outcome of its intent."""
+    async def _body_refused(self, flow: http.HTTPFlow, status: int, code: str, reason: str) -> None:
+        """413 or 408 from framing.py: the outcome of the call's intent if it has one, else a refusal
+        (unless the call was refused already: that refusal is its record)."""
         seen = KEY in flow.metadata
         call = call_of(flow)
         latency = (time.perf_counter() - call.started) * 1000
-        if seen:
-            # Chunked body: the call was judged (and maybe its intent recorded) on its head. It never
-            # left; its outcome says why, so AuditTrail does not call it an upstream error.
+        if seen and (call.forwarded_at is not None or flow.metadata.get("wardgate.refused")):
+            # Judged (and maybe its intent recorded) on its head. It never left; its outcome says why,
+            # so AuditTrail does not call it an upstream error.
             if call.forwarded_at is not None and not flow.metadata.get("wardgate.outcome"):
                 flow.metadata["wardgate.outcome"] = True
-                self._audit.record_later(call.record(flow, "outcome", status=413, error="request_too_large",
+                self._audit.record_later(call.record(flow, "outcome", status=status, error=code,
                                                      latency_total_ms=latency))
             return
-        record = call.record(flow, "refusal", status=413, error="request_too_large", latency_total_ms=latency)
+        # Not judged yet: refused in the layer before any addon saw it, or its decision waits for the body (MCP).
+        record = call.record(flow, "refusal", status=status, error=code, latency_total_ms=latency)
         record.decision = "deny"
-        record.reasons = ["body_bytes"]
+        record.reasons = [reason]
         try:
             await self._audit.commit(record, self._audit_timeout, spool_on_failure=True)
         except WardgateError as audit_error:
@@ -143,6 +163,7 @@ class Limits:
 
     def client_disconnected(self, client: connection.Client) -> None:
         self._waiting.pop(client.id, None)
+        self._bodies.pop(client.id, None)
         self._heads.head_started.pop(client.id, None)
         key = self._tunnel_owner.pop(client.id, None)
         if key is not None:
@@ -173,6 +194,14 @@ class Limits:
         with contextlib.suppress(KeyError, AssertionError):
             handler.close_connection(handler.client)
 
+    def _body_late(self, flow: http.HTTPFlow) -> None:
+        inject = getattr(self._proxyserver, "inject_event", None)
+        if inject is None:
+            return
+        log.info("request body on client connection %s is late: body_timeout", flow.client_conn.id)
+        with contextlib.suppress(ValueError):  # the connection is already gone
+            inject(events.MessageInjected(flow, BodyLate()))
+
     def sweep(self, now: float) -> None:
         for client_id, since in list(self._heads.head_started.items()):
             if now - since > self._settings.header_timeout:
@@ -180,6 +209,10 @@ class Limits:
         for client_id, since in list(self._waiting.items()):
             if client_id not in self._heads.head_started and now - since > self._settings.idle_timeout:
                 self._close(client_id, "idle_timeout")
+        for client_id, (since, flow) in list(self._bodies.items()):
+            if now - since > self._settings.body_timeout:
+                del self._bodies[client_id]
+                self._body_late(flow)
         # Buckets of agents that have been quiet long enough to be full again cost nothing to forget.
         refill = self._settings.burst / self._settings.requests_per_second
         for key, bucket in list(self._buckets.items()):
@@ -193,3 +226,11 @@ class Limits:
                 self.sweep(time.monotonic())
             except Exception:  # noqa: BLE001 - the watchdog must keep running
                 log.exception("limits watchdog failed")
+
+
+def _expects_body(request: http.Request) -> bool:
+    try:
+        size = http1.expected_http_body_size(request, None)
+    except ValueError:  # malformed framing is refused in the layer before any hook
+        return False
+    return size != 0

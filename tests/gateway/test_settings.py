@@ -103,9 +103,10 @@ def test_explicit_config_file_must_exist(tmp_path: Path) -> None:
 
 def test_time_limits_default_and_accept_durations(tmp_path: Path) -> None:
     limits = load_settings(environ={}, cwd=tmp_path).limits
-    assert limits.connect_timeout == 10.0
-    (tmp_path / "wardgate.toml").write_text("[limits]\nconnect_timeout = '750ms'\n")
-    assert load_settings(environ={}, cwd=tmp_path).limits.connect_timeout == 0.75
+    assert (limits.connect_timeout, limits.body_timeout) == (10.0, 60.0)
+    (tmp_path / "wardgate.toml").write_text("[limits]\nconnect_timeout = '750ms'\nbody_timeout = '2m'\n")
+    limits = load_settings(environ={}, cwd=tmp_path).limits
+    assert (limits.connect_timeout, limits.body_timeout) == (0.75, 120.0)
     assert load_settings(environ={"WARDGATE_LIMITS__CONNECT_TIMEOUT": "3s"}, cwd=tmp_path).limits.connect_timeout == 3.0
 
 
@@ -116,6 +117,9 @@ def test_time_limits_default_and_accept_durations(tmp_path: Path) -> None:
         ("connect_timeout = -1", "limits.connect_timeout"),
         ("connect_timeout = '10 minutes'", "limits.connect_timeout: Value error, not a duration"),
         ("connect_timeout = '1h'", "limits.connect_timeout"),  # above the 300 s cap
+        ("body_timeout = 0", "limits.body_timeout"),
+        ("body_timeout = 'slow'", "limits.body_timeout: Value error, not a duration"),
+        ("body_timeout = '2h'", "limits.body_timeout"),
         ("conect_timeout = '1s'", "did you mean 'connect_timeout'?"),
     ],
 )
