@@ -5,6 +5,7 @@ audited, with nothing sent upstream; a slow body that ends within the deadline s
 from __future__ import annotations
 
 import base64
+import inspect
 import socket
 import ssl
 import threading
@@ -14,6 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from mitmproxy.addons.proxyserver import Proxyserver
+from mitmproxy.proxy.layers import http as http_layer
 
 from support import Gateway, Upstream, read_until_closed, start_gateway
 
@@ -138,3 +141,13 @@ def test_a_slow_body_that_ends_in_time_goes_through_whole(strict: Gateway, upstr
         answer, closed = read_until_closed(sock)
     assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
     assert [r.body for r in upstream.seen if r.path == path] == [b"xxxxx"]
+
+
+def test_the_mitmproxy_routes_the_late_body_message_relies_on_are_unchanged() -> None:
+    """Limits injects ``MessageInjected(flow, BodyLate())`` through ``Proxyserver.inject_event``; mitmproxy's
+    HttpLayer must still hand such an event to the flow's stream, and the stream must still read a body in
+    ``state_consume_request_body`` (proxy/framing.py wraps ``HttpStream._handle_event`` to answer it)."""
+    assert callable(getattr(Proxyserver, "inject_event", None))
+    routing = inspect.getsource(http_layer.HttpLayer._handle_event)
+    assert "events.MessageInjected" in routing and "self.event_to_child(self.streams[stream_id], event)" in routing
+    assert "self.client_state = self.state_consume_request_body" in inspect.getsource(http_layer.HttpStream)
