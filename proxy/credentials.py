@@ -19,6 +19,7 @@ from wardgate.gateway.vault import KeySource, Vault
 
 from .inject import CredentialBinding, CredentialInjector
 from .scrub import ResponseScrubber, StreamScrubber
+from .websocket_scrub import WebSocketScrubber
 
 
 def upstream_ssl_context(settings: Settings) -> ssl.SSLContext:
@@ -35,6 +36,7 @@ class CredentialParts:
     injector: CredentialInjector  # after EgressPolicy
     scrubber: ResponseScrubber  # before AuditTrail
     stream_scrubber: StreamScrubber  # last: after EventStreams has asked for streaming
+    websocket_scrubber: WebSocketScrubber  # before AuditTrail (refuses an upgrade it cannot read)
     connector: OAuthConnector  # routes on the admin API
 
 
@@ -54,6 +56,7 @@ async def build_credentials(
             CredentialInjector(provider, audit, audit_timeout),
             ResponseScrubber(audit, audit_timeout),
             StreamScrubber(),
+            WebSocketScrubber(audit, audit_timeout),
             OAuthConnector(settings, vault, trust),
         )
     finally:

@@ -43,7 +43,7 @@ from .refusals import refuse
 REPLACEMENT = b"[wardgate:scrubbed]"
 
 
-def _uninspectable(reason: str) -> UpstreamError:
+def uninspectable(reason: str) -> UpstreamError:
     return UpstreamError(
         "the upstream response could not be inspected for leaked credentials", code="response_uninspectable",
         reasons=[reason],
@@ -167,15 +167,15 @@ class ResponseScrubber:
             return None  # scrubbed in flight by StreamScrubber
         limit, sensitive = binding.service.inspection_limit, binding.service.sensitive
         if sensitive and len(response.raw_content) > limit:
-            return refuse(flow, _uninspectable("inspection_limit_exceeded"), self._audit, self._audit_timeout)
+            return refuse(flow, uninspectable("inspection_limit_exceeded"), self._audit, self._audit_timeout)
         try:
             body = response.get_content(strict=True)
         except ValueError:
-            return refuse(flow, _uninspectable("unknown_content_encoding"), self._audit, self._audit_timeout)
+            return refuse(flow, uninspectable("unknown_content_encoding"), self._audit, self._audit_timeout)
         if body is None:
             return None
         if sensitive and len(body) > limit:
-            return refuse(flow, _uninspectable("inspection_limit_exceeded"), self._audit, self._audit_timeout)
+            return refuse(flow, uninspectable("inspection_limit_exceeded"), self._audit, self._audit_timeout)
         cleaned, count = injected.pattern.subn(REPLACEMENT, body)
         if count:
             response.set_content(cleaned)

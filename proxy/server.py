@@ -248,6 +248,9 @@ async def serve(
                 IntentRecord(audit, timeout),
                 # `response` hook: scrub the buffered body before Idempotency stores it for replay.
                 credentials.scrubber,
+                # `response` hook: refuses a credentialed upgrade it could not read, before AuditTrail;
+                # `websocket_message`: scrubs server→client messages.
+                credentials.websocket_scrubber,
                 # `request` hook, after the body is read and the intent committed:
                 ApprovalGate(approvals, settings.approvals.ttl, audit, timeout),
                 idempotency,

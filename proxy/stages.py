@@ -7,7 +7,7 @@ given. Each named stage is replaced by the least that keeps the rest of the chai
 - ``policy``    every identified call is allowed without asking OPA
 - ``injection`` no credential is bound or injected
 - ``audit``     nothing is recorded (no intent, no outcome); calls are forwarded at once
-- ``scrubbing`` responses are not searched for injected secrets
+- ``scrubbing`` responses and WebSocket messages are not searched for injected secrets
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from .egress import EgressPolicy
 from .inject import CredentialBinding, CredentialInjector
 from .intent import IntentRecord
 from .scrub import ResponseScrubber, StreamScrubber
+from .websocket_scrub import WebSocketScrubber
 
 log = logging.getLogger("wardgate.proxy")
 _ALLOW = Decision(allow=True, reasons=["unsafe_skip_policy"])
@@ -114,7 +115,7 @@ def apply(skipped: list[str], chain: list[object]) -> list[object]:
     if "audit" in skipped:
         replace[IntentRecord], replace[AuditTrail] = ForwardUnrecorded(), None
     if "scrubbing" in skipped:
-        replace[ResponseScrubber] = replace[StreamScrubber] = None
+        replace[ResponseScrubber] = replace[StreamScrubber] = replace[WebSocketScrubber] = None
     result = []
     for addon in chain:
         substitute = replace.get(type(addon), addon)

@@ -1,0 +1,85 @@
+"""WebSocketScrubber: an injected secret an upstream echoes in a WebSocket message never reaches the agent.
+
+A WebSocket upgrade on a credentialed destination carries the credential in its handshake like
+any call; the upstream may then echo it in any later message. Each server→client message is
+searched for the same forms as a response body (``Injected.pattern``: plain, base64, URL- and
+JSON-escaped) and each occurrence is replaced by ``[wardgate:scrubbed]``. Client→server messages
+pass untouched: the agent never held the secret, so it cannot send it.
+
+What mitmproxy 11 hands the ``websocket_message`` hook (``proxy/layers/websocket.py``):
+
+- a whole message: continuation frames are collected until ``message_finished`` before the hook
+  runs, so a secret split across frames is found; a changed message is re-framed by mitmproxy.
+- the decompressed payload: permessage-deflate is run by wsproto on both sides of mitmproxy, so
+  the hook sees plain bytes and the agent gets the scrubbed message compressed again.
+- text messages as UTF-8 bytes; the replacement is ASCII and only whole forms are replaced, so a
+  text message stays valid UTF-8.
+
+Fail closed: mitmproxy decodes no extension but permessage-deflate. An upgrade whose answer
+negotiates any other extension would relay payloads wardgate cannot read, so it is refused with 502
+``response_uninspectable`` (reason ``websocket_extension_unsupported``) before the 101 reaches
+the agent, and the agent's connection is closed with it (the upstream side has switched protocols
+and must not carry another request).
+
+The count is added to the call's ``scrub_count``; AuditTrail writes a WebSocket call's outcome
+record when the socket ends (proxy/audit_trail.py), so the count is the whole session's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Coroutine
+from typing import Any
+
+import wsproto.extensions
+import wsproto.utilities
+from mitmproxy import http
+
+from wardgate.gateway.audit import AuditWriter
+from wardgate.gateway.credentials import Injected
+
+from .call import call_of
+from .inject import INJECTED
+from .refusals import refuse
+from .scrub import REPLACEMENT, uninspectable
+
+READABLE_EXTENSIONS = frozenset({wsproto.extensions.PerMessageDeflate.name})
+
+
+def unreadable_extensions(response: http.Response) -> list[str]:
+    """Extensions the 101 negotiated that mitmproxy would relay without decoding."""
+    header = response.headers.get("sec-websocket-extensions", "")
+    names = (item.split(";", 1)[0].strip().lower() for item in wsproto.utilities.split_comma_header(header.encode("latin-1")))
+    return [name for name in names if name and name not in READABLE_EXTENSIONS]
+
+
+class WebSocketScrubber:
+    def __init__(self, audit: AuditWriter, audit_timeout: float) -> None:
+        self._audit = audit
+        self._audit_timeout = audit_timeout
+
+    def response(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
+        """Sync; hands back a coroutine only to refuse an upgrade it could not inspect."""
+        if flow.websocket is None or flow.metadata.get(INJECTED) is None or flow.metadata.get("wardgate.refused"):
+            return None
+        assert flow.response is not None
+        if not unreadable_extensions(flow.response):
+            return None
+        flow.websocket = None  # no WebSocket follows: mitmproxy sends the refusal and ends the flow
+        return self._refuse_upgrade(flow)
+
+    async def _refuse_upgrade(self, flow: http.HTTPFlow) -> None:
+        await refuse(flow, uninspectable("websocket_extension_unsupported"), self._audit, self._audit_timeout)
+        assert flow.response is not None
+        flow.response.headers["connection"] = "close"
+
+    def websocket_message(self, flow: http.HTTPFlow) -> None:
+        injected: Injected | None = flow.metadata.get(INJECTED)
+        if injected is None or flow.websocket is None:
+            return
+        message = flow.websocket.messages[-1]
+        if message.from_client:
+            return
+        cleaned, count = injected.pattern.subn(REPLACEMENT, message.content)
+        if count:
+            message.content = cleaned
+            call_of(flow).scrub_count += count
