@@ -1,4 +1,13 @@
-"""AuditTrail: the outcome record of every forwarded call, and the audit id on every response."""
+"""AuditTrail: the outcome record of every forwarded call, and the audit id on every response.
+
+A WebSocket is one call: its outcome is written when the socket ends (``websocket_end``), not at
+the 101, so it says what the whole session did — status 101, bytes of the handshake plus every
+message each way, the upstream latency to the 101, the session's total duration, and the scrub
+count of the handshake and every message (proxy/websocket_scrub.py). One intent, one outcome per
+call still holds. A socket still open when the gateway stops gets its outcome then, with
+``error = "gateway_stopped"``; a crash leaves its intent without an outcome, as for any call cut
+mid-way (``wardgate audit verify`` warns ``intent_without_outcome``).
+"""
 
 from __future__ import annotations
 
@@ -10,14 +19,18 @@ from mitmproxy import http
 from wardgate.gateway.audit_writer import AuditWriter
 from wardgate.gateway.usage import extract_usage
 
-from .call import KEY, call_of
+from .call import KEY, Call, call_of
 from .event_streams import STREAM_SAMPLE
 from .upstream_timeout import CONNECT_TIMED_OUT
+
+OUTCOME_WRITTEN = "wardgate.outcome"
+UPGRADED_AT = "wardgate.upgraded_at"  # perf_counter() when the 101 of a WebSocket arrived
 
 
 class AuditTrail:
     def __init__(self, audit: AuditWriter) -> None:
         self._audit = audit
+        self._open_websockets: dict[str, http.HTTPFlow] = {}  # call id → flow, until websocket_end
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         if KEY in flow.metadata and flow.response is not None:
@@ -29,6 +42,10 @@ class AuditTrail:
             return
         assert flow.response is not None
         now = time.perf_counter()
+        if flow.websocket is not None:  # the session follows: its outcome is written when it ends
+            flow.metadata[UPGRADED_AT] = now
+            self._open_websockets[call.call_id] = flow
+            return
         if flow.response.raw_content is not None:
             body = flow.response.get_content(strict=False)
         else:  # streamed through (EventStreams): the head and tail it kept
@@ -47,11 +64,47 @@ class AuditTrail:
             )
         )
 
+    def websocket_end(self, flow: http.HTTPFlow) -> None:
+        call = flow.metadata.get(KEY)
+        if call is not None:
+            self._websocket_outcome(flow, call, error=None)
+
+    def done(self) -> None:
+        """Runs before the audit writer stops (proxy/server.py): sockets still open get their outcome."""
+        for flow in list(self._open_websockets.values()):
+            self._websocket_outcome(flow, call_of(flow), error="gateway_stopped")
+
+    def _websocket_outcome(self, flow: http.HTTPFlow, call: Call, error: str | None) -> None:
+        self._open_websockets.pop(call.call_id, None)
+        if call.forwarded_at is None or flow.metadata.get(OUTCOME_WRITTEN) or UPGRADED_AT not in flow.metadata:
+            return
+        flow.metadata[OUTCOME_WRITTEN] = True
+        assert flow.response is not None and flow.websocket is not None
+        bytes_in = len(flow.request.raw_content or b"")
+        bytes_out = 0
+        for message in flow.websocket.messages:
+            if message.from_client:
+                bytes_in += len(message.content)
+            else:
+                bytes_out += len(message.content)
+        self._audit.record_later(
+            call.record(
+                flow,
+                "outcome",
+                status=flow.response.status_code,
+                bytes_in=bytes_in,
+                bytes_out=bytes_out,
+                latency_upstream_ms=(flow.metadata[UPGRADED_AT] - call.forwarded_at) * 1000,
+                latency_total_ms=(time.perf_counter() - call.started) * 1000,
+                error=error,
+            )
+        )
+
     def error(self, flow: http.HTTPFlow) -> None:
         call = flow.metadata.get(KEY)
-        if call is None or call.forwarded_at is None or flow.metadata.get("wardgate.outcome"):
+        if call is None or call.forwarded_at is None or flow.metadata.get(OUTCOME_WRITTEN):
             return
-        flow.metadata["wardgate.outcome"] = True
+        flow.metadata[OUTCOME_WRITTEN] = True
         now = time.perf_counter()
         message = (flow.error.msg if flow.error else "").lower()
         if "client disconnected" in message:
