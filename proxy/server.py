@@ -35,7 +35,7 @@ from wardgate.gateway.revoker import Revoker
 from wardgate.gateway.settings import Settings
 from yarl import URL
 
-from . import inline_hooks, protocol_errors, stages, upstream_timeout
+from . import inline_hooks, protocol_errors, stages, upstream_timeout, websocket_frames
 from .approval import ApprovalGate
 from .audit_trail import AuditTrail
 from .auth import ProxyAuth
@@ -231,6 +231,7 @@ async def serve(
         heads.install()
         limits = Limits(settings.limits, heads, audit, timeout)
         upstream_timeout.install()
+        websocket_frames.install()  # a scrubbed text message is re-framed between characters
         upstream_deadline = UpstreamTimeout(settings.limits.upstream_timeout)
         connect_deadline = ConnectTimeout(settings.limits.connect_timeout)
         proxy_master = build_master(

@@ -151,6 +151,16 @@ async def test_other_messages_pass_byte_for_byte_both_ways(ws_gateway: Gateway, 
     assert received[:len(near_misses)] == [f"say {text}" for text in near_misses]
 
 
+async def test_a_long_scrubbed_text_message_keeps_every_character(
+    ws_gateway: Gateway, ws_upstream: WebSocketUpstream
+) -> None:
+    """A scrubbed message changes length, so mitmproxy re-frames it (4000-byte frames): the cuts
+    must fall between characters, else 'é' at a cut reaches the agent as U+FFFD (proxy/websocket_frames.py)."""
+    text = "a" + "é" * 3000 + TOKEN + "€𝄞" * 1500
+    async with websocket(ws_gateway, ws_upstream.url(f"/allowed/ws/{uuid.uuid4().hex}"), compress=0) as ws:
+        assert await ask(ws, f"say {text}") == text.replace(TOKEN, SCRUBBED)
+
+
 async def test_the_outcome_is_written_when_the_socket_ends_with_the_sessions_scrub_count(
     ws_gateway: Gateway, ws_upstream: WebSocketUpstream
 ) -> None:
