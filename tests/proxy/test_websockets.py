@@ -166,7 +166,7 @@ async def test_the_outcome_is_written_when_the_socket_ends_with_the_sessions_scr
 ) -> None:
     name = uuid.uuid4().hex
     path = f"/allowed/ws/{name}"
-    async with websocket(ws_gateway, ws_upstream.url(path)) as ws:
+    async with websocket(ws_gateway, ws_upstream.url(f"{path}?echo_header=1")) as ws:
         for command in ("text plain", "binary base64", "say nothing here", "text json"):
             await ask(ws, command)
         # The socket is open: the call has its intent, and no outcome yet.
@@ -177,7 +177,7 @@ async def test_the_outcome_is_written_when_the_socket_ends_with_the_sessions_scr
     assert intent["call_id"] == outcome["call_id"]
     assert outcome["credential_service"] == "chat"
     assert outcome["status"] == 101 and outcome["error"] is None
-    assert outcome["scrub_count"] == 3
+    assert outcome["scrub_count"] == 4  # the 101's X-Echo header and three messages
     assert outcome["bytes_out"] > 0 and outcome["bytes_in"] >= len("text plainbinary base64say nothing heretext json")
 
 

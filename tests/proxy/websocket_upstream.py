@@ -9,6 +9,8 @@ sent as text messages, using the credential it received in ``Authorization: Bear
   (a TEXT frame without FIN, then a CONTINUATION frame), so only reassembly can find it;
 - ``say TEXT``: ``TEXT`` as it is; a binary message from the client comes back as it is.
 
+With ``?echo_header`` the 101 carries the credential in an ``X-Echo`` header as well.
+
 ``/allowed/odd-extension/{name}`` accepts the upgrade naming an extension nobody can decode.
 """
 
@@ -66,9 +68,11 @@ class WebSocketUpstream:
 
     async def _ws(self, request: web.Request) -> web.WebSocketResponse:
         socket = web.WebSocketResponse()
+        token = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        if "echo_header" in request.query:
+            socket.headers["X-Echo"] = token  # the credential echoed in the 101's headers too
         await socket.prepare(request)
         session = self.sessions[request.match_info["name"]] = Session(dict(request.headers), compressed=socket.compress)
-        token = request.headers.get("Authorization", "").removeprefix("Bearer ")
         async for message in socket:
             if message.type == WSMsgType.BINARY:
                 session.received.append(message.data)
