@@ -194,6 +194,16 @@ async def test_an_upgrade_negotiating_an_unreadable_extension_is_refused(
     records = await asyncio.to_thread(records_of, ws_gateway, path, 2)
     assert [r["kind"] for r in records] == ["intent", "refusal"]
     assert records[1]["error"] == "response_uninspectable" and records[1]["status"] == 502
+    # The body says why; an upgrade by hand (requests knows nothing of WebSockets) shows it.
+    proxy = ws_gateway.proxy_with(ws_gateway.mint("ws-bot"))
+    upgrade = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
+               "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
+    answer = await asyncio.to_thread(
+        requests.get, ws_upstream.url(f"/allowed/odd-extension/{uuid.uuid4().hex}").replace("wss:", "https:"),
+        headers=upgrade, proxies={"https": proxy}, verify=str(ws_gateway.ca_file), timeout=WAIT,
+    )
+    assert answer.status_code == 502 and answer.headers["Connection"] == "close"
+    assert answer.json()["error"]["reasons"] == ["websocket_extension_unsupported"]
 
 
 async def test_revoking_the_agent_closes_its_live_websocket_and_records_the_outcome(
