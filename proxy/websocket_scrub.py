@@ -46,9 +46,11 @@ READABLE_EXTENSIONS = frozenset({wsproto.extensions.PerMessageDeflate.name})
 
 
 def unreadable_extensions(response: http.Response) -> list[str]:
-    """Extensions the 101 negotiated that mitmproxy would relay without decoding."""
+    """Extensions the 101 negotiated that mitmproxy would relay without decoding. Parsed exactly as
+    mitmproxy's WebsocketLayer.start parses them (same encoding, same case-sensitive comparison)."""
     header = response.headers.get("sec-websocket-extensions", "")
-    names = (item.split(";", 1)[0].strip().lower() for item in wsproto.utilities.split_comma_header(header.encode("latin-1")))
+    items = wsproto.utilities.split_comma_header(header.encode("ascii", "replace"))
+    names = (item.split(";", 1)[0].strip() for item in items)
     return [name for name in names if name and name not in READABLE_EXTENSIONS]
 
 
