@@ -15,11 +15,15 @@ What mitmproxy 11 hands the ``websocket_message`` hook (``proxy/layers/websocket
 - text messages as UTF-8 bytes; the replacement is ASCII and only whole forms are replaced, so a
   text message stays valid UTF-8.
 
-Fail closed: mitmproxy decodes no extension but permessage-deflate. An upgrade whose answer
-negotiates any other extension would relay payloads wardgate cannot read, so it is refused with 502
-``response_uninspectable`` (reason ``websocket_extension_unsupported``) before the 101 reaches
-the agent, and the agent's connection is closed with it (the upstream side has switched protocols
-and must not carry another request).
+Fail closed, for a credentialed call only (``response`` hook, before the 101 reaches the agent):
+502 ``response_uninspectable``, and the agent's connection is closed with it (the upstream side has
+switched protocols and must not carry another request).
+
+- ``websocket_extension_unsupported``: mitmproxy decodes no extension but permessage-deflate; any
+  other one negotiated would relay payloads wardgate cannot read.
+- ``upgrade_protocol_unsupported``: a 101 that mitmproxy does not take for a WebSocket (another
+  protocol, or ``Sec-WebSocket-Version`` other than 13, which upstreams such as aiohttp accept)
+  is relayed as raw TCP that no hook ever sees, so an echoed secret would pass unscrubbed.
 
 The count is added to the call's ``scrub_count``; AuditTrail writes a WebSocket call's outcome
 record when the socket ends (proxy/audit_trail.py), so the count is the whole session's.
@@ -61,16 +65,24 @@ class WebSocketScrubber:
 
     def response(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
         """Sync; hands back a coroutine only to refuse an upgrade it could not inspect."""
-        if flow.websocket is None or flow.metadata.get(INJECTED) is None or flow.metadata.get("wardgate.refused"):
+        response = flow.response
+        if response is None or response.status_code != 101:
             return None
-        assert flow.response is not None
-        if not unreadable_extensions(flow.response):
+        if flow.metadata.get(INJECTED) is None or flow.metadata.get("wardgate.refused"):
+            return None
+        if flow.websocket is None:
+            # Not a WebSocket by mitmproxy's test (another protocol, or a WebSocket version other
+            # than 13): it would relay the connection as raw bytes, never shown to any hook.
+            reason = "upgrade_protocol_unsupported"
+        elif unreadable_extensions(response):
+            reason = "websocket_extension_unsupported"
+        else:
             return None
         flow.websocket = None  # no WebSocket follows: mitmproxy sends the refusal and ends the flow
-        return self._refuse_upgrade(flow)
+        return self._refuse_upgrade(flow, reason)
 
-    async def _refuse_upgrade(self, flow: http.HTTPFlow) -> None:
-        await refuse(flow, uninspectable("websocket_extension_unsupported"), self._audit, self._audit_timeout)
+    async def _refuse_upgrade(self, flow: http.HTTPFlow, reason: str) -> None:
+        await refuse(flow, uninspectable(reason), self._audit, self._audit_timeout)
         assert flow.response is not None
         flow.response.headers["connection"] = "close"
 

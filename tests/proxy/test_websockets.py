@@ -206,6 +206,26 @@ async def test_an_upgrade_negotiating_an_unreadable_extension_is_refused(
     assert answer.json()["error"]["reasons"] == ["websocket_extension_unsupported"]
 
 
+async def test_an_upgrade_mitmproxy_would_relay_as_raw_bytes_is_refused(
+    ws_gateway: Gateway, ws_upstream: WebSocketUpstream
+) -> None:
+    """Sec-WebSocket-Version 8: aiohttp's server accepts it, mitmproxy relays anything but 13 as raw
+    TCP with no message hook, so the echo below would reach the agent unscrubbed: 502 instead."""
+    path = f"/allowed/ws/{uuid.uuid4().hex}"
+    proxy = ws_gateway.proxy_with(ws_gateway.mint("ws-bot"))
+    upgrade = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "8",
+               "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
+    answer = await asyncio.to_thread(
+        requests.get, ws_upstream.url(path).replace("wss:", "https:"), headers=upgrade, proxies={"https": proxy},
+        verify=str(ws_gateway.ca_file), timeout=WAIT,
+    )
+    assert answer.status_code == 502 and answer.headers["Connection"] == "close"
+    assert answer.json()["error"]["code"] == "response_uninspectable"
+    assert answer.json()["error"]["reasons"] == ["upgrade_protocol_unsupported"]
+    records = await asyncio.to_thread(records_of, ws_gateway, path, 2)
+    assert [(r["kind"], r["error"]) for r in records] == [("intent", None), ("refusal", "response_uninspectable")]
+
+
 async def test_revoking_the_agent_closes_its_live_websocket_and_records_the_outcome(
     ws_gateway: Gateway, ws_upstream: WebSocketUpstream
 ) -> None:
