@@ -38,7 +38,7 @@ import wsproto.extensions
 import wsproto.utilities
 from mitmproxy import http
 
-from wardgate.gateway.audit import AuditWriter
+from wardgate.gateway.audit_writer import AuditWriter
 from wardgate.gateway.credentials import Injected
 
 from .call import call_of
