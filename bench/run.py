@@ -382,25 +382,38 @@ def paired_goals(root: Path, upstream_ca: Path, ports: dict[str, int], urls: dic
     return {"lines": lines, "ratios": ratios}
 
 
-def workers_check(root: Path, upstream_ca: Path, ports: dict[str, int], duration: float) -> list[str]:
-    """CPU per request summed over workers, 1 vs 2 workers; RSS per worker under 64 tunnels."""
-    lines, cost = [], {}
-    for workers in (1, 2):
-        target, gw = start_wardgate(root / f"workers-{workers}", f"wardgate --workers {workers}", upstream_ca,
-                                    ports["https"], [], workers=workers)
-        try:
-            url = f"https://{HOST}:{ports['https']}/bench"
-            result = load(target, url, 64, duration, 1.0)
-            cost[workers] = result["cpu_ms_per_req"]
+def workers_check(root: Path, upstream_ca: Path, ports: dict[str, int], duration: float, rounds: int) -> list[str]:
+    """CPU per request summed over workers, 1 vs 2 workers; RSS per worker under 64 tunnels.
+
+    Both gateways run at once and are measured back to back in each round (who goes first
+    alternates), like the goal ratios: one pass each swings by more than the 15% the goal allows."""
+    lines: list[str] = []
+    url = f"https://{HOST}:{ports['https']}/bench"
+    started = [start_wardgate(root / f"workers-{n}", f"wardgate --workers {n}", upstream_ca, ports["https"], [], workers=n)
+               for n in (1, 2)]
+    ratios: list[float] = []
+    last: dict[int, dict[str, object]] = {}
+    try:
+        for number in range(max(rounds, 1)):
+            order = (1, 2) if number % 2 == 0 else (2, 1)
+            for workers in order:
+                last[workers] = load(started[workers - 1][0], url, 64, duration, 1.0)
+            one, two = last[1]["cpu_ms_per_req"], last[2]["cpu_ms_per_req"]
+            if one and two:
+                ratios.append(two / one)  # type: ignore[operator]
+        for workers in (1, 2):
+            result, gw = last[workers], started[workers - 1][1]
             rss = [rss_mb(p) for p in worker_pids(gw.process.pid)]  # type: ignore[attr-defined]
-            lines.append(f"{workers} worker(s), HTTPS, 64 keep-alive tunnels: {result['rps']:.0f} req/s, "
+            lines.append(f"{workers} worker(s), HTTPS, 64 keep-alive tunnels (last round): {result['rps']:.0f} req/s, "
                          f"CPU {result['cpu_ms_per_req']:.2f} ms/req (all processes), "
                          f"RSS per proxy process {', '.join(f'{r:.0f} MB' for r in rss)} (goal < 150 MB)")
-        finally:
+    finally:
+        for _, gw in started:
             stop(gw)
-    if cost.get(1) and cost.get(2):
-        ratio = cost[2] / cost[1]
-        lines.append(f"CPU per request with 2 workers = {ratio:.2f}× one worker's (goal ≤ 1.15×) {'MET' if ratio <= 1.15 else 'NOT MET'}")
+    if ratios:
+        middle = statistics.median(ratios)
+        lines.append(f"CPU per request with 2 workers = {middle:.2f}× one worker's (median of {len(ratios)} rounds, range "
+                     f"{min(ratios):.2f}–{max(ratios):.2f}; goal ≤ 1.15×) {'MET' if middle <= 1.15 else 'NOT MET'}")
     return lines
 
 
@@ -487,7 +500,7 @@ def main() -> None:
                 extras["paired"] = paired_goals(root, ca_file, ports, urls, args.rounds, args.duration, args.warmup,
                                                 args.concurrency or [1, 8, 64], args.scheme or ["http", "https"])
             if args.workers_check:
-                extras["workers"] = workers_check(root, ca_file, ports, args.duration)
+                extras["workers"] = workers_check(root, ca_file, ports, args.duration, args.rounds)
         finally:
             stop(upstream)
     extras["goals"] = goals(rows)
