@@ -7,6 +7,10 @@ count of the handshake and every message (proxy/websocket_scrub.py). One intent,
 call still holds. A socket still open when the gateway stops gets its outcome then, with
 ``error = "gateway_stopped"``; a crash leaves its intent without an outcome, as for any call cut
 mid-way (``wardgate audit verify`` warns ``intent_without_outcome``).
+
+mitmproxy keeps every message of a socket on its flow until the socket ends, so a long session
+would hold all it ever carried. Each message is counted here as it passes (after the scrubber) and
+the ones before it are dropped from the flow, so a socket holds at most its latest message.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from .upstream_timeout import CONNECT_TIMED_OUT
 
 OUTCOME_WRITTEN = "wardgate.outcome"
 UPGRADED_AT = "wardgate.upgraded_at"  # perf_counter() when the 101 of a WebSocket arrived
+MESSAGE_BYTES = "wardgate.websocket_bytes"  # [from the client, from the server] so far
 
 
 class AuditTrail:
@@ -64,6 +69,15 @@ class AuditTrail:
             )
         )
 
+    def websocket_message(self, flow: http.HTTPFlow) -> None:
+        websocket = flow.websocket
+        if websocket is None or not websocket.messages:
+            return
+        message = websocket.messages[-1]
+        totals = flow.metadata.setdefault(MESSAGE_BYTES, [0, 0])
+        totals[0 if message.from_client else 1] += len(message.content)
+        del websocket.messages[:-1]  # the latest stays: it is the one being relayed
+
     def websocket_end(self, flow: http.HTTPFlow) -> None:
         call = flow.metadata.get(KEY)
         if call is not None:
@@ -80,13 +94,9 @@ class AuditTrail:
             return
         flow.metadata[OUTCOME_WRITTEN] = True
         assert flow.response is not None and flow.websocket is not None
-        bytes_in = len(flow.request.raw_content or b"")
-        bytes_out = 0
-        for message in flow.websocket.messages:
-            if message.from_client:
-                bytes_in += len(message.content)
-            else:
-                bytes_out += len(message.content)
+        from_client, from_server = flow.metadata.get(MESSAGE_BYTES, (0, 0))
+        bytes_in = len(flow.request.raw_content or b"") + from_client
+        bytes_out = from_server
         self._audit.record_later(
             call.record(
                 flow,
