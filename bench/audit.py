@@ -21,9 +21,9 @@ import time
 from pathlib import Path
 
 from wardgate.gateway.audit import AuditRecord
-from wardgate.gateway.audit_writer import AuditWriter, CheckpointPolicy
 from wardgate.gateway.audit_keys import load_or_create_signer
 from wardgate.gateway.audit_store import Postgres
+from wardgate.gateway.audit_writer import AuditWriter, CheckpointPolicy
 
 
 async def run(folder: Path, max_batch: int, callers: int, records: int, dsn: str | None = None) -> tuple[float, list[float], float]:

@@ -18,10 +18,10 @@ from . import admin_token, approval_api, audit_page, oauth_connect, token_api
 from . import keys as keys_module
 from .agents import AgentDirectory, AgentRegistry
 from .audit import AuditQuery, query_records
-from .audit_writer import AuditWriter
 from .audit_keys import load_public_keys
 from .audit_store import store_exists
 from .audit_verify import verify_record
+from .audit_writer import AuditWriter
 from .audit_filters import query_from
 from .audit_setup import audit_source, keys_dir
 from .errors import AdminAuthError, BadRequest, NotFound, WardgateError, to_response

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .audit_writer import AuditWriter, CheckpointPolicy
 from .audit_checkpoint import CheckpointSink
 from .audit_keys import load_or_create_signer
 from .audit_spool import Spool
 from .audit_store import Postgres, Source
+from .audit_writer import AuditWriter, CheckpointPolicy
 from .errors import ConfigError
 from .settings import Settings
 

@@ -8,12 +8,12 @@ forwarding. See :mod:`wardgate.gateway.approvals`.
 
 from __future__ import annotations
 
-from collections.abc import Coroutine
-from typing import Any
 import asyncio
 import json
 import logging
 import time
+from collections.abc import Coroutine
+from typing import Any
 
 from mitmproxy import http
 

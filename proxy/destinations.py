@@ -13,9 +13,9 @@ check and connect. Non-HTTP traffic inside a tunnel is closed.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Coroutine
 from typing import Any
-import logging
 
 from mitmproxy import connection, http, tcp
 from mitmproxy.proxy import server_hooks

@@ -27,13 +27,13 @@ idempotency claim and credential injection), performs the exchange with aiohttp 
 
 from __future__ import annotations
 
-from collections.abc import Coroutine
-from typing import Any
 import asyncio
 import logging
 import socket
 import ssl
 import time
+from collections.abc import Coroutine
+from typing import Any
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult

@@ -8,13 +8,13 @@ allowed the call and committed its intent record, and before anything is forward
 
 from __future__ import annotations
 
-from collections.abc import Coroutine
-from typing import Any
 import asyncio
 import logging
 import os
 import socket
 import time
+from collections.abc import Coroutine
+from typing import Any
 
 from mitmproxy import http
 

@@ -7,9 +7,9 @@ gets 503 ``audit_unavailable`` and nothing is sent upstream.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Coroutine
 from typing import Any
-import time
 
 from mitmproxy import http
 

@@ -13,12 +13,12 @@ given (whole events, rewritten or dropped: where per-event scrubbing plugs in).
 
 from __future__ import annotations
 
-from typing import Any
 import asyncio
 import json
 import logging
 from collections.abc import Callable, Coroutine
 from functools import partial
+from typing import Any
 
 from mitmproxy import http
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 from audit_backends import Store, store  # noqa: F401  (the fixture)
 from wardgate.gateway.audit import AuditRecord
-from wardgate.gateway.audit_writer import AuditWriter, CheckpointPolicy
 from wardgate.gateway.audit_checkpoint import Checkpoint, CheckpointSink
 from wardgate.gateway.audit_keys import load_or_create_signer, load_public_keys, signature_valid
+from wardgate.gateway.audit_writer import AuditWriter, CheckpointPolicy
 
 
 def checkpoints(st: Store) -> list[tuple[str, int]]:

@@ -16,9 +16,9 @@ from click.testing import CliRunner
 
 from audit_backends import Store, store  # noqa: F401  (the fixture)
 from wardgate.gateway.audit import AuditRecord
-from wardgate.gateway.audit_writer import AuditWriter, CheckpointPolicy
 from wardgate.gateway.audit_checkpoint import CheckpointSink
 from wardgate.gateway.audit_keys import load_or_create_signer
+from wardgate.gateway.audit_writer import AuditWriter, CheckpointPolicy
 from wardgate.gateway.cli import cli
 
 NOW = time.time()
