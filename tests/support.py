@@ -227,6 +227,24 @@ class Gateway:
                 return found
             time.sleep(0.05)
 
+    def records_for(self, path: str, until: Callable[[list[dict[str, Any]]], bool],
+                    timeout: float = 5.0) -> list[dict[str, Any]]:
+        """The audit records of calls to ``path`` (oldest first), waiting up to ``timeout`` for ``until`` to hold."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [record for record in self.records(wait_for=0, timeout=0) if record["path"] == path]
+            if until(found) or time.monotonic() > deadline:
+                return found
+            time.sleep(0.05)
+
+    def outcome_for(self, path: str) -> dict[str, Any]:
+        """The outcome record of the call to ``path``, which must have its intent record too."""
+        records = self.records_for(path, lambda found: any(record["kind"] == "outcome" for record in found))
+        outcomes = [record for record in records if record["kind"] == "outcome"]
+        assert outcomes, f"no outcome record for {path}"
+        assert any(record["kind"] == "intent" for record in records)
+        return outcomes[0]
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)

@@ -65,12 +65,9 @@ def body_pieces(framing: str, total: int) -> tuple[str, list[bytes]]:
 
 
 def outcome_for(gateway: Gateway, path: str) -> list[tuple[str, object, object]]:
-    deadline = time.monotonic() + 5
-    while True:
-        records = [(r["kind"], r["status"], r["error"]) for r in gateway.records(wait_for=1) if r["path"] == path]
-        if any(kind != "intent" for kind, _, _ in records) or time.monotonic() > deadline:
-            return records
-        time.sleep(0.05)
+    """(kind, status, error) of the records of the call to ``path``, once more than its intent is there."""
+    records = gateway.records_for(path, lambda found: any(record["kind"] != "intent" for record in found))
+    return [(record["kind"], record["status"], record["error"]) for record in records]
 
 
 def assert_408(answer: bytes, closed: bool, elapsed: float) -> None:

@@ -83,18 +83,6 @@ def hasty(opa_binary: str, tmp_path_factory: pytest.TempPathFactory, acme_policy
     gw.stop()
 
 
-def outcome_for(gateway: Gateway, path: str) -> dict[str, object]:
-    deadline = time.monotonic() + 5
-    while True:
-        records = [r for r in gateway.records(wait_for=1) if r["path"] == path]
-        outcomes = [r for r in records if r["kind"] == "outcome"]
-        if outcomes:
-            assert any(r["kind"] == "intent" for r in records)
-            return outcomes[0]
-        assert time.monotonic() < deadline, f"no outcome record for {path}"
-        time.sleep(0.05)
-
-
 @pytest.mark.parametrize("scheme", ["http", "https"])
 def test_a_connect_that_never_completes_gets_504_upstream_connect_timeout(
     hasty: Gateway, dropping: SynDroppingPort, scheme: str
@@ -110,7 +98,7 @@ def test_a_connect_that_never_completes_gets_504_upstream_connect_timeout(
     assert (response.status_code, response.headers.get("X-Wardgate-Error")) == (504, "upstream_connect_timeout")
     assert response.json()["error"]["code"] == "upstream_connect_timeout"
     assert CONNECT_TIMEOUT * 0.9 <= elapsed < CONNECT_TIMEOUT + 3
-    record = outcome_for(hasty, path)
+    record = hasty.outcome_for(path)
     assert (record["status"], record["error"]) == (504, "upstream_connect_timeout")
     assert dropping.accepted_after_filler() == 0  # the upstream never had a connection, so received nothing
 

@@ -83,19 +83,6 @@ def impatient(opa_binary: str, tmp_path_factory: pytest.TempPathFactory, acme_po
     gw.stop()
 
 
-def outcome_for(gateway: Gateway, path: str) -> dict[str, object]:
-    for _ in range(100):
-        records = [r for r in gateway.records(wait_for=1) if r["path"] == path]
-        outcomes = [r for r in records if r["kind"] == "outcome"]
-        if outcomes:
-            assert any(r["kind"] == "intent" for r in records)
-            return outcomes[0]
-        import time
-
-        time.sleep(0.05)
-    raise AssertionError(f"no outcome record for {path}")
-
-
 @pytest.mark.parametrize(("behaviour", "status", "code"), [
     ("hang", 504, "upstream_timeout"),
     ("slow-body", 504, "upstream_timeout"),
@@ -111,7 +98,7 @@ def test_a_failing_upstream_gets_a_stable_error_and_an_outcome_record(
     assert (response.status_code, response.headers.get("X-Wardgate-Error")) == (status, code)
     assert response.json()["error"]["code"] == code
     assert path in bad_upstream.seen  # it was forwarded once, and failed there
-    record = outcome_for(impatient, path)
+    record = impatient.outcome_for(path)
     assert (record["status"], record["error"]) == (status, code)
 
 

@@ -100,12 +100,7 @@ async def ask(ws: aiohttp.ClientWebSocketResponse, command: str) -> Any:
 
 def records_of(gw: Gateway, path: str, wait_for: int) -> list[dict[str, Any]]:
     """The audit records of the call to ``path`` (oldest first), waiting for ``wait_for`` of them."""
-    for _ in range(100):
-        found = [record for record in gw.records(wait_for=1) if record["path"] == path]
-        if len(found) >= wait_for:
-            return found
-        time.sleep(0.05)
-    return found
+    return gw.records_for(path, lambda found: len(found) >= wait_for)
 
 
 @pytest.mark.parametrize("compress", [15, 0], ids=["permessage-deflate", "uncompressed"])
