@@ -126,6 +126,11 @@ _REASONS_AT = _RECORD_FIELDS.index("reasons")
 _CANONICAL_JSON = json.JSONEncoder(separators=(",", ":"))
 
 
+def record_values(record: AuditRecord) -> tuple[Any, ...]:
+    """The record's fields in declaration order: ``AuditRecord(*values)`` rebuilds it."""
+    return _VALUES(record)  # type: ignore[no-any-return]
+
+
 def _normalized(record: AuditRecord) -> list[Any]:
     """The record's values in column order, numbers as the column types they are stored as."""
     values = list(_VALUES(record))

@@ -1,14 +1,11 @@
-"""Building the audit writer and locating its files from Settings, in one place."""
+"""Locating the audit store and files from Settings, and the writer process's configuration."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from .audit_checkpoint import CheckpointSink
-from .audit_keys import load_or_create_signer
-from .audit_spool import Spool
 from .audit_store import Postgres, Source
-from .audit_writer import AuditWriter, CheckpointPolicy
 from .errors import ConfigError
 from .settings import Settings
 
@@ -30,18 +27,22 @@ def spool_path(settings: Settings) -> Path:
     return settings.audit.spool_file or settings.home / "audit-spool.jsonl"
 
 
-def build_writer(settings: Settings) -> AuditWriter:
+def writer_config(settings: Settings) -> dict[str, Any]:
+    """What the audit writer process needs from Settings, as plain values (audit_child's
+    ``writer_from_config``). It is sent over the private socket, so the DSN's password never
+    appears on a command line."""
     audit = settings.audit
-    sink = None
-    if audit.checkpoint_sink_file or audit.checkpoint_sink_command:
-        sink = CheckpointSink(audit.checkpoint_sink_file, audit.checkpoint_sink_command)
-    policy = CheckpointPolicy(
-        load_or_create_signer(keys_dir(settings)),
-        every=audit.checkpoint_every,
-        interval=audit.checkpoint_interval,
-        idle=audit.checkpoint_idle,
-        sink=sink,
-    )
-    # The writer gives up on a locked store no later than a caller gives up waiting for it.
-    return AuditWriter(audit_source(settings), checkpoints=policy, spool=Spool(spool_path(settings)),
-                       busy_timeout=audit.commit_timeout)
+    source = audit_source(settings)
+    return {
+        "postgres": source.dsn if isinstance(source, Postgres) else None,
+        "sqlite": None if isinstance(source, Postgres) else str(source),
+        "spool": str(spool_path(settings)),
+        "keys": str(keys_dir(settings)),
+        "checkpoint_every": audit.checkpoint_every,
+        "checkpoint_interval": audit.checkpoint_interval,
+        "checkpoint_idle": audit.checkpoint_idle,
+        "sink_file": str(audit.checkpoint_sink_file) if audit.checkpoint_sink_file else None,
+        "sink_command": audit.checkpoint_sink_command,
+        # The writer gives up on a locked store no later than a caller gives up waiting for it.
+        "busy_timeout": audit.commit_timeout,
+    }

@@ -1,4 +1,6 @@
-"""The audit writer: one thread per gateway process that chains and group-commits audit records.
+"""The audit writer: chains and group-commits audit records. The gateway runs it as the loop of
+its writer process (audit_child: ``open`` then ``serve`` with the socket as inbox, settled records
+reported through ``on_settled``); the CLI and tests run it on a thread (``start``/``stop``).
 
 Callers on the event loop ``commit`` a record and wait for it to be durable (intents, refusals,
 admin records) or hand it over with ``record_later`` (outcomes). The thread commits whatever is
@@ -14,7 +16,9 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from .audit import GENESIS, INSERT_HEAD, INSERT_ROW, SCHEMA, AuditRecord, chain_rows
 from .audit_checkpoint import INSERT_CHECKPOINT, Checkpoint, CheckpointSink, checkpoint_row
@@ -41,13 +45,22 @@ class CheckpointPolicy:
 
 
 # (record, future the caller awaits, spool the record if the store refuses it)
-_Item = tuple[AuditRecord, "asyncio.Future[None]", bool]
-_WAKE = "wake"  # queued by record_later when the writer sleeps with no deadline (see _next)
+_Item = tuple[AuditRecord, "asyncio.Future[None] | None", bool]  # no future in the writer process
+WAKE = "wake"  # queued by record_later when the writer sleeps with no deadline (see _next)
+ABANDONED = "abandoned"  # an inbox's end: stop like None, but the caller went away without a word
 _NOTHING = "nothing"  # _next's answer when its wait ran out
 _AWAKE = 1.0  # seconds after a batch during which the writer looks for outcomes without being woken
 
 
-def _expire(future: asyncio.Future[None]) -> None:
+class Inbox(Protocol):
+    """Where the writer takes records from: its own queue, or the writer process's socket."""
+
+    def get(self, timeout: float | None = None) -> _Item | str | None: ...
+
+    def get_nowait(self) -> _Item | str | None: ...
+
+
+def expire_wait(future: asyncio.Future[None]) -> None:
     if not future.done():  # nobody waits any more; the writer still commits (or spools) the record
         future.set_exception(DependencyUnavailable("audit record could not be committed in time", code="audit_unavailable"))
 
@@ -74,6 +87,7 @@ class AuditWriter:
         retry_interval: float = 0.5,
         linger: float = 0.02,
         metrics: Metrics | None = None,
+        on_settled: Callable[[list[str], list[str]], None] | None = None,
     ) -> None:
         self._path = path
         self.metrics = metrics or Metrics()
@@ -83,7 +97,11 @@ class AuditWriter:
         self._busy_timeout = busy_timeout
         self._retry_interval = retry_interval
         self._linger = linger
+        # The writer process (audit_child, see serve) is told on the writer's own thread which records
+        # settled, committed or spooled (first list) or refused (second), instead of resolving futures.
+        self._on_settled = on_settled
         self._queue: queue.SimpleQueue[_Item | str | None] = queue.SimpleQueue()
+        self._inbox: Inbox = self._queue
         # deque.append and popleft are atomic: the loop appends, the writer takes.
         self._later: collections.deque[AuditRecord] = collections.deque()
         # True while the writer waits with nothing in _later: then record_later must wake it.
@@ -96,6 +114,7 @@ class AuditWriter:
         # Writer thread: when the last batch was written, the spool last replayed, a checkpoint last tried.
         self._active_at = self._retried_at = self._attempted_at = 0.0
         self._thread: threading.Thread | None = None
+        self._clean = True  # False once the inbox says ABANDONED: no clean-stop checkpoint then
         self._loop: asyncio.AbstractEventLoop | None = None
         self._submitted = 0  # written by the event loop only
         self._settled = 0  # written by the writer thread only
@@ -107,12 +126,12 @@ class AuditWriter:
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        ready: queue.SimpleQueue[BaseException | None] = queue.SimpleQueue()
+        ready: queue.SimpleQueue[DependencyUnavailable | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, args=(ready,), name="audit-writer", daemon=True)
         self._thread.start()
         error = ready.get()
         if error is not None:
-            raise DependencyUnavailable(f"audit store cannot be opened: {error}", code="audit_unavailable")
+            raise error
 
     async def stop(self) -> None:
         """Drain the queue, then sign the clean-stop checkpoint that closes this writer's chain."""
@@ -120,8 +139,12 @@ class AuditWriter:
             self._queue.put(None)
             await asyncio.to_thread(self._thread.join, 10.0)
             self._thread = None
+        await asyncio.to_thread(self.close_sink)
+
+    def close_sink(self) -> None:
+        """Wait (blocking) for the checkpoint sink to pass on the last checkpoints."""
         if self._checkpoints is not None and self._checkpoints.sink is not None:
-            await asyncio.to_thread(self._checkpoints.sink.close)
+            self._checkpoints.sink.close()
 
     @property
     def healthy(self) -> bool:
@@ -153,7 +176,12 @@ class AuditWriter:
         self._later.append(record)
         if self._asleep:
             self._asleep = False
-            self._queue.put(_WAKE)
+            self._queue.put(WAKE)
+
+    def queue_later(self, record: AuditRecord) -> None:
+        """``record_later`` from the writer's own thread (the writer process's inbox): no wake-up."""
+        self._submitted += 1
+        self._later.append(record)
 
     async def commit(self, record: AuditRecord, timeout: float, *, spool_on_failure: bool = False) -> None:
         """Commit ``record`` durably or raise ``audit_unavailable``: the caller must not proceed.
@@ -166,7 +194,7 @@ class AuditWriter:
         started = time.perf_counter()
         # A timer that fails the future rather than asyncio.wait_for(shield(...)): the same
         # outcome for a fraction of the event loop's time.
-        expiry = self._loop.call_later(timeout, _expire, future)
+        expiry = self._loop.call_later(timeout, expire_wait, future)
         try:
             await future
         finally:
@@ -180,7 +208,17 @@ class AuditWriter:
             return PostgresWriterStore(self._path.dsn, SCHEMA, self._busy_timeout)
         return SqliteWriterStore(self._path, SCHEMA, self._busy_timeout)
 
-    def _run(self, ready: "queue.SimpleQueue[BaseException | None]") -> None:
+    def _run(self, ready: "queue.SimpleQueue[DependencyUnavailable | None]") -> None:
+        try:
+            conn = self.open()
+        except DependencyUnavailable as exc:
+            ready.put(exc)
+            return
+        ready.put(None)
+        self.serve(conn)
+
+    def open(self) -> SqliteWriterStore | PostgresWriterStore:
+        """Open the store, count the spool, sign the opening checkpoint (the writer's thread)."""
         try:
             conn = self._open()
             if self._spool is not None:
@@ -188,23 +226,31 @@ class AuditWriter:
             if self._checkpoints is not None:
                 self._checkpoint(conn, "open", raise_errors=True)
         except (StoreError, OSError) as exc:
-            ready.put(exc)
-            return
-        ready.put(None)
+            raise DependencyUnavailable(f"audit store cannot be opened: {exc}", code="audit_unavailable") from None
+        return conn
+
+    def serve(self, conn: SqliteWriterStore | PostgresWriterStore, inbox: Inbox | None = None) -> None:
+        """The writer's loop, on the calling thread, until a stop sentinel; then the closing checkpoint.
+
+        ``inbox`` replaces the queue ``submit`` fills: the writer process (audit_child) reads its
+        socket this way, so a record goes from the socket to the store with no thread in between."""
+        if inbox is not None:
+            self._inbox = inbox
         stopping = False
         while not stopping:
             item = self._next()
             batch: list[_Item] = []
             while item is not _NOTHING:
-                if item is None:
+                if item is None or item is ABANDONED:
+                    self._clean = self._clean and item is None
                     stopping = True
                     break
-                if item is not _WAKE:
+                if item is not WAKE:
                     batch.append(item)  # type: ignore[arg-type]
                     if len(batch) >= self._max_batch:
                         break
                 try:
-                    item = self._queue.get_nowait()
+                    item = self._inbox.get_nowait()
                 except queue.Empty:
                     break
             # Outcomes go with a batch, or alone once the linger ran out; a wake-up alone starts it.
@@ -215,7 +261,7 @@ class AuditWriter:
         while self._later:
             self._write(conn, [], self._take_later(self._max_batch))
         if self._checkpoints is not None:
-            self._checkpoint(conn, "clean_stop")
+            self._checkpoint(conn, "clean_stop" if self._clean else "periodic")
         conn.close()
 
     def _duties(self, conn: SqliteWriterStore | PostgresWriterStore, stopping: bool) -> None:
@@ -237,7 +283,7 @@ class AuditWriter:
 
         While calls are in flight (records came within ``_AWAKE`` seconds) the writer wakes every
         ``linger`` seconds to look for outcomes, so that record_later needs no wake-up; after that
-        it sleeps until woken (then record_later queues _WAKE).
+        it sleeps until woken (then record_later queues WAKE).
         """
         now = time.monotonic()
         deadlines = []
@@ -258,7 +304,7 @@ class AuditWriter:
                 self._asleep = False
                 wait = self._linger
         try:
-            return self._queue.get(timeout=wait)
+            return self._inbox.get(timeout=wait)
         except queue.Empty:
             return _NOTHING
         finally:
@@ -296,7 +342,12 @@ class AuditWriter:
             if orphans:
                 self._to_spool(orphans)
         self._settled += len(records)
-        if batch:  # outcomes alone: nobody waits, so the event loop is not woken
+        if self._on_settled is not None:
+            if error is None:
+                self._on_settled([record.id for record in records], [])
+            else:  # the outcomes are in the spool; the rest are refused (the spooled refusals too)
+                self._on_settled([record.id for record in later], [record.id for record, _, _ in batch])
+        elif batch:  # outcomes alone: nobody waits, so the event loop is not woken
             assert self._loop is not None
             self._loop.call_soon_threadsafe(self._resolve, [future for _, future, _ in batch], error)
 
@@ -327,6 +378,8 @@ class AuditWriter:
             self._spool.clear()
             self.spooled = 0
             log.info("audit spool replayed: %s records", len(records))
+            if self._on_settled is not None:
+                self._on_settled([], [])  # nothing settled, but the counters changed
         except StoreError as exc:
             log.warning("audit spool not replayed yet: %s", exc)
 

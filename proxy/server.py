@@ -19,7 +19,8 @@ from mitmproxy.addons import core, errorcheck, next_layer, proxyserver, tlsconfi
 from wardgate.gateway import admin, admin_token, approval_api, oauth_connect
 from wardgate.gateway.agents import AgentDirectory, AgentRegistry
 from wardgate.gateway.approvals import ApprovalStore
-from wardgate.gateway.audit_setup import build_writer
+from wardgate.gateway.audit_process import AuditProcess
+from wardgate.gateway.audit_setup import writer_config
 from wardgate.gateway.destinations import DestinationGuard
 from wardgate.gateway.echo import build_echo_app
 from wardgate.gateway.errors import ConfigError
@@ -121,8 +122,8 @@ async def serve(
     registry = AgentRegistry(settings.state_db)
     directory = AgentDirectory(registry)
     await directory.refresh()
-    audit = build_writer(settings)
-    audit.start()
+    audit = AuditProcess(writer_config(settings))
+    await audit.start()
     token = settings.admin_token.get_secret_value() if settings.admin_token else admin_token.load_or_create(settings.home / "admin.token")
 
     async with contextlib.AsyncExitStack() as stack:

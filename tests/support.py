@@ -245,6 +245,21 @@ class Gateway:
         assert any(record["kind"] == "intent" for record in records)
         return outcomes[0]
 
+    def audit_writer_pid(self, timeout: float = 10.0) -> int:
+        """The gateway's audit writer process (gateway/audit_child.py), once it runs."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for entry in Path("/proc").iterdir():
+                try:
+                    parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                    command = (entry / "cmdline").read_bytes()
+                except (OSError, ValueError, IndexError):
+                    continue
+                if parent == self.process.pid and b"wardgate.gateway.audit_child" in command:
+                    return int(entry.name)
+            assert time.monotonic() < deadline, "the gateway has no audit writer process"
+            time.sleep(0.05)
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
@@ -256,6 +271,16 @@ class Gateway:
 
 
 LOOPBACK_RANGES = ["127.0.0.0/8", "::1/128"]
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 20.0) -> bool:
+    """True as soon as ``predicate()`` is, False if it still is not after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
 
 
 def gateway_environ() -> dict[str, str]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +20,7 @@ import requests
 from aiohttp import web
 
 from audit_backends import BACKENDS, Store, agent_ready, open_store
-from support import Gateway, LoopbackServer, Upstream, start_gateway
+from support import Gateway, LoopbackServer, Upstream, start_gateway, wait_until
 
 
 class StoreLock:
@@ -70,15 +69,6 @@ def backend(request: pytest.FixtureRequest, opa_binary: str, tmp_path_factory: p
 @pytest.fixture
 def gateway(backend: tuple[Gateway, Store]) -> Gateway:
     return backend[0]
-
-
-def wait_until(predicate, timeout: float = 20.0) -> bool:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def ready(gateway: Gateway) -> bool:

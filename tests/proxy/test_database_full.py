@@ -74,7 +74,7 @@ def fullness(how: str, gateway: Gateway, root: Path) -> tuple[Callable[[], None]
     if how == "tmpfs":
         filler = root / "filler"
         return (lambda: fill(filler)), (lambda: filler.unlink())
-    pid = gateway.process.pid
+    pid = gateway.audit_writer_pid()  # the process that writes the audit database
     before = resource.prlimit(pid, resource.RLIMIT_FSIZE)
 
     def full() -> None:  # no file may grow past the audit database's current size

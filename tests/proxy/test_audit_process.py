@@ -1,0 +1,102 @@
+"""The audit writer runs in its own process (gateway/audit_process.py, audit_child.py).
+
+kill -9 it under load: calls fail closed while it is down (503 audit_unavailable, nothing
+forwarded), it is restarted, and every call that went out has its intent and its outcome record,
+including the outcomes it had been sent but not yet committed. And it never outlives the gateway.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import requests
+
+from support import Upstream, start_gateway, wait_until
+
+THREADS, PER_THREAD = 4, 40
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_a_killed_writer_is_restarted_and_loses_nothing(opa_binary: str, tmp_path: Path, acme_policy: Path,
+                                                        upstream: Upstream) -> None:
+    gateway = start_gateway(tmp_path / "gw", policy_paths=[acme_policy],
+                            extra_config="\n[limits]\nrequests_per_second = 100000\nburst = 100000\n")
+    try:
+        gateway.create_agent("acme-bot", "acme", ["read"])
+        proxy = gateway.proxy_with(gateway.mint("acme-bot"))
+        first = gateway.audit_writer_pid()
+        run = uuid.uuid4().hex
+        answered: dict[str, requests.Response] = {}
+        lock = threading.Lock()
+        started = threading.Barrier(THREADS + 1)
+
+        def client(number: int) -> None:
+            session = requests.Session()
+            started.wait()
+            for call in range(PER_THREAD):
+                path = f"/allowed/{run}/{number}/{call}"
+                response = session.get(f"{upstream.http_url}{path}", proxies={"http": proxy}, timeout=15)
+                with lock:
+                    answered[path] = response
+                time.sleep(0.005)
+
+        threads = [threading.Thread(target=client, args=(n,)) for n in range(THREADS)]
+        for thread in threads:
+            thread.start()
+        started.wait()
+        assert wait_until(lambda: len(answered) >= 20, timeout=30)
+        os.kill(first, signal.SIGKILL)
+        for thread in threads:
+            thread.join(120)
+        assert len(answered) == THREADS * PER_THREAD
+
+        second = gateway.audit_writer_pid()
+        assert second != first
+        forwarded = [path for path, response in answered.items() if response.status_code == 200]
+        refused = [path for path, response in answered.items() if response.status_code != 200]
+        assert forwarded, "no call went through"
+        for path in refused:  # fail closed while the writer was down
+            assert answered[path].status_code == 503, answered[path].text
+            assert answered[path].headers["X-Wardgate-Error"] == "audit_unavailable"
+            assert upstream.count(path) == 0
+        # Every call that went out has both records, the outcomes sent before the kill included.
+        def missing() -> list[str]:
+            kinds: dict[str, set[str]] = {}
+            for record in gateway.records(wait_for=0, timeout=0):
+                kinds.setdefault(record["path"], set()).add(record["kind"])
+            return [path for path in forwarded if not {"intent", "outcome"} <= kinds.get(path, set())]
+
+        wait_until(lambda: not missing(), timeout=15)
+        assert not missing(), f"{len(missing())} forwarded calls lack a record, e.g. {missing()[:3]}"
+        assert requests.get(f"{upstream.http_url}/allowed/{run}/after", proxies={"http": proxy}, timeout=15).status_code == 200
+    finally:
+        gateway.stop()
+
+
+def test_the_writer_never_outlives_the_gateway(opa_binary: str, tmp_path: Path, acme_policy: Path) -> None:
+    gateway = start_gateway(tmp_path / "gw", policy_paths=[acme_policy])
+    writer = gateway.audit_writer_pid()
+    opa = gateway.listeners.get("opa_pid")
+    try:
+        gateway.process.send_signal(signal.SIGKILL)
+        gateway.process.wait(10)
+        assert wait_until(lambda: not alive(writer), timeout=15), "the audit writer outlived its gateway"
+    finally:
+        gateway.stop()
+        if opa:  # the managed OPA outlives a SIGKILLed parent
+            try:
+                os.kill(opa, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
