@@ -78,6 +78,30 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+def private_mb(pid: int) -> float:
+    """Memory only this process holds (its RSS less pages shared with others, such as libraries)."""
+    total = 0
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith(("Private_Clean:", "Private_Dirty:")):
+            total += int(line.split()[1])
+    return total / 1024
+
+
+def writer_pids(pids: list[int]) -> list[int]:
+    """The audit writer processes (gateway/audit_child.py) of the proxy processes ``pids``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                parent = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if parent in pids and b"wardgate.gateway.audit_child" in cmdline:
+                found.append(int(entry))
+    return found
+
+
 @dataclass
 class Target:
     name: str
@@ -403,10 +427,13 @@ def workers_check(root: Path, upstream_ca: Path, ports: dict[str, int], duration
                 ratios.append(two / one)  # type: ignore[operator]
         for workers in (1, 2):
             result, gw = last[workers], started[workers - 1][1]
-            rss = [rss_mb(p) for p in worker_pids(gw.process.pid)]  # type: ignore[attr-defined]
+            proxies = worker_pids(gw.process.pid)  # type: ignore[attr-defined]
+            writers = writer_pids(proxies)
             lines.append(f"{workers} worker(s), HTTPS, 64 keep-alive tunnels (last round): {result['rps']:.0f} req/s, "
                          f"CPU {result['cpu_ms_per_req']:.2f} ms/req (all processes), "
-                         f"RSS per proxy process {', '.join(f'{r:.0f} MB' for r in rss)} (goal < 150 MB)")
+                         f"RSS per proxy process {', '.join(f'{rss_mb(p):.0f} MB' for p in proxies)} (goal < 150 MB); "
+                         f"each proxy's audit writer process: RSS {', '.join(f'{rss_mb(p):.0f} MB' for p in writers)}, "
+                         f"of it not shared {', '.join(f'{private_mb(p):.0f} MB' for p in writers)}")
     finally:
         for _, gw in started:
             stop(gw)
@@ -418,7 +445,7 @@ def workers_check(root: Path, upstream_ca: Path, ports: dict[str, int], duration
 
 
 def worker_pids(pid: int) -> list[int]:
-    """The gateway process and its proxy workers (not OPA)."""
+    """The gateway process and its proxy workers (not OPA, not the audit writer processes)."""
     pids = [pid]
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -427,7 +454,8 @@ def worker_pids(pid: int) -> list[int]:
                 cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
             except OSError:
                 continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid and b"opa" not in cmdline.split(b"\0")[0]:
+            proxy = b"opa" not in cmdline.split(b"\0")[0] and b"audit_child" not in cmdline
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid and proxy:
                 pids.append(int(entry))
     return pids
 

@@ -1,9 +1,9 @@
 """The audit writer process: an AuditWriter (audit_writer) in a process of its own.
 
-The gateway's event loop and the writer thread would otherwise share one GIL: every time the
-writer takes it back (after a commit, to chain the next batch, to hand results over) the loop
-stops, and under load that cost the proxy about a fifth of its time (docs/benchmarks.md). Here the
-writer's Python work runs on the other core. audit_process is the gateway's side.
+The gateway's event loop and a writer thread would share one GIL: every time the writer takes it
+back (after a commit, to chain the next batch, to hand results over) the loop stops, and under load
+the loop sat idle 12-16% of the time for it (docs/benchmarks.md). Here the writer's Python work runs
+beside the proxy, not in its way. audit_process is the gateway's side.
 
 Wire format on the private socket pair, both ways: a 4-byte big-endian length, then a ``marshal``ed
 tuple (both ends are the same interpreter; the socket is inherited, never a path on disk).
@@ -11,13 +11,15 @@ tuple (both ends are the same interpreter; the socket is inherited, never a path
 - gateway → writer: ``("config", dict)`` once, then ``("record", flag, values)`` per record
   (values in AuditRecord field order; flag LATER, COMMIT or SPOOL), and ``("stop",)`` at the end.
 - writer → gateway: ``("ready", writer_id, counts)`` or ``("failed", reason)``, then
-  ``("settled", ok_ids, failed_ids, counts)`` as records are committed, spooled or refused,
-  ``("counts", counts)`` when only the counters changed, and ``("stopped", counts)`` last. ``counts`` is (committed, batches, spooled, lost).
+  ``("settled", ok_ids, failed_ids, counts)`` as records are committed, spooled or refused (or with
+  no ids when only the counters changed), and ``("stopped", counts)`` last. ``counts`` is
+  (committed, batches, spooled, lost).
 
-The writer stops when told to: it drains what it has, signs the clean-stop checkpoint and exits. When
-the gateway's end closes without a word (the gateway died) it drains too, but its last checkpoint is
-an ordinary one: ``wardgate audit verify`` still shows that the gateway did not stop cleanly. It ignores SIGINT and SIGTERM, so a signal sent
-to the whole process group cannot cut a drain short; the gateway tells it when to stop.
+The writer stops when told to: it drains what it has, signs the clean-stop checkpoint and exits.
+When the gateway's end closes without a word (the gateway died) it drains too, but its last
+checkpoint is an ordinary one, so ``wardgate audit verify`` still shows that the gateway did not
+stop cleanly. It ignores SIGINT and SIGTERM: a signal sent to the whole process group cannot cut a
+drain short; the gateway tells it when to stop.
 """
 
 from __future__ import annotations

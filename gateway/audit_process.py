@@ -178,7 +178,7 @@ class AuditProcess:
             _, ok, failed, self._counts = message
             self._settle(ok, None)
             self._settle(failed, _unavailable("audit store write failed"))
-        elif kind in ("counts", "stopped"):
+        elif kind == "stopped":
             self._counts = message[1]
         elif self._greeting is not None and not self._greeting.done():
             self._greeting.set_result(message)
