@@ -159,8 +159,12 @@ class SocketInbox:
                 self._ended = True
                 self._items.append(None)
                 return
-            _, flag, values = message
-            record = AuditRecord(*values)
+            try:
+                _, flag, values = message
+                record = AuditRecord(*values)
+            except (ValueError, TypeError):  # a bug, not a crash loop: the gateway still holds it
+                log.error("audit writer process: a record message it cannot read was skipped")
+                continue
             if flag == LATER:
                 self._audit.queue_later(record)
                 outcomes = True

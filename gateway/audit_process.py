@@ -91,6 +91,8 @@ class AuditProcess:
             return
         if self._transport is not None:
             self._transport.write(frame(("stop",)))
+        else:  # no link (a restart was under way): there is nothing it could drain
+            self.kill()
         try:
             await asyncio.wait_for(process.wait(), self._stop_timeout)
         except TimeoutError:
