@@ -4,7 +4,9 @@
 writer process acknowledges each record once it is committed, spooled or refused. Until then the
 record stays here, so nothing is lost if that process dies: it is restarted and given every record
 it had not settled. While it is down, ``commit`` fails at once with ``audit_unavailable`` (callers
-refuse the call: nothing goes out unrecorded) and readiness is false.
+refuse the call: nothing goes out unrecorded) and readiness is false. At stop, whatever the
+writer did not settle (it was down, or hung and had to be killed) goes to the spool, which the
+next writer replays.
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ import logging
 import socket
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from .audit import AuditRecord, record_values
 from .audit_child import COMMIT, LATER, SPOOL, FrameError, FrameReader, frame
+from .audit_spool import Spool
 from .audit_writer import expire_wait
 from .errors import DependencyUnavailable
 from .metrics import Metrics
@@ -53,11 +57,13 @@ class AuditProcess:
     """Runs the audit writer in a child process and stands in for it (same interface as AuditWriter)."""
 
     def __init__(self, config: dict[str, Any], *, metrics: Metrics | None = None,
-                 start_timeout: float = 30.0, stop_timeout: float = 30.0, restart_delay: float = 0.5) -> None:
+                 start_timeout: float = 30.0, stop_timeout: float | None = None, restart_delay: float = 0.5) -> None:
         self.metrics = metrics or Metrics()
         self._config = config
         self._start_timeout = start_timeout
-        self._stop_timeout = stop_timeout
+        # Draining waits at most a busy store's timeout per batch; a writer still busy well after
+        # that is hung, and what it holds goes to the spool instead.
+        self._stop_timeout = stop_timeout if stop_timeout is not None else 5.0 + 2 * config["busy_timeout"]
         self._restart_delay = restart_delay
         # Every record sent (or to send) until the writer settles it: id -> field values.
         self._unsettled: dict[str, tuple[Any, ...]] = {}
@@ -101,7 +107,21 @@ class AuditProcess:
             await process.wait()
         self._lost_writer()
         if self._unsettled:
-            log.error("%s audit records were not settled by the writer process", len(self._unsettled))
+            await self._spool_unsettled()
+
+    async def _spool_unsettled(self) -> None:
+        """Records the writer never settled (it was down, or hung and was killed) go to the spool,
+        which the next writer replays; one it did commit but could not report is skipped then."""
+        records = [AuditRecord(*values) for values in self._unsettled.values()]
+        try:
+            await asyncio.to_thread(Spool(Path(self._config["spool"])).append, records)
+        except OSError as exc:
+            self._earlier[2] += len(records)
+            log.error("%s audit records lost: the writer did not settle them and the spool is not writable (%s)",
+                      len(records), exc.strerror)
+            return
+        self._unsettled.clear()
+        log.warning("%s audit records the writer did not settle were put in the spool", len(records))
 
     @property
     def healthy(self) -> bool:

@@ -85,6 +85,31 @@ def test_a_killed_writer_is_restarted_and_loses_nothing(opa_binary: str, tmp_pat
         gateway.stop()
 
 
+def test_what_a_hung_writer_never_settled_is_spooled_at_stop_and_stored_after(
+        opa_binary: str, tmp_path: Path, acme_policy: Path, upstream: Upstream) -> None:
+    config = '\n[audit]\ncommit_timeout = "400ms"\n'
+    gateway = start_gateway(tmp_path / "gw", policy_paths=[acme_policy], extra_config=config)
+    path = f"/allowed/{uuid.uuid4()}"
+    try:
+        gateway.create_agent("acme-bot", "acme", ["read"])
+        proxy = gateway.proxy_with(gateway.mint("acme-bot"))
+        os.kill(gateway.audit_writer_pid(), signal.SIGSTOP)  # alive, so not restarted, but settles nothing
+        response = requests.get(f"{upstream.http_url}{path}", proxies={"http": proxy}, timeout=15)
+        assert response.status_code == 503 and response.headers["X-Wardgate-Error"] == "audit_unavailable"
+        assert upstream.count(path) == 0
+        call_id = response.headers["X-Wardgate-Audit-Id"]
+    finally:
+        gateway.stop()  # the writer cannot drain: killed after its stop timeout, its records spooled
+    spool = gateway.home / "audit-spool.jsonl"
+    assert spool.exists() and call_id in spool.read_text()
+    again = start_gateway(tmp_path / "gw", policy_paths=[acme_policy], extra_config=config)
+    try:
+        assert wait_until(lambda: {r["kind"] for r in again.records(call_id=call_id, wait_for=0, timeout=0)} >= {"intent", "refusal"})
+        assert wait_until(lambda: not spool.exists() or spool.read_text() == "")
+    finally:
+        again.stop()
+
+
 def test_the_writer_never_outlives_the_gateway(opa_binary: str, tmp_path: Path, acme_policy: Path) -> None:
     gateway = start_gateway(tmp_path / "gw", policy_paths=[acme_policy])
     writer = gateway.audit_writer_pid()
