@@ -21,7 +21,7 @@ from .audit import AuditQuery, query_records
 from .audit_keys import load_public_keys
 from .audit_store import store_exists
 from .audit_verify import verify_record
-from .audit_writer import AuditWriter
+from .audit_writer import AuditLog
 from .audit_filters import query_from
 from .audit_setup import audit_source, keys_dir
 from .errors import AdminAuthError, BadRequest, NotFound, WardgateError, to_response
@@ -36,7 +36,7 @@ class AdminState:
     settings: Settings
     keys: KeyRing
     registry: AgentRegistry
-    audit: AuditWriter
+    audit: AuditLog
     token: str
     ready: Callable[[], Awaitable[bool]]
     revoker: Revoker | None = None

@@ -60,6 +60,36 @@ class Inbox(Protocol):
     def get_nowait(self) -> _Item | str | None: ...
 
 
+class AuditLog(Protocol):
+    """What the proxy and the admin API use of an audit writer: AuditWriter (a thread) or, in the
+    gateway, AuditProcess (a process of its own, audit_process)."""
+
+    metrics: Metrics
+
+    async def commit(self, record: AuditRecord, timeout: float, *, spool_on_failure: bool = False) -> None: ...
+
+    def record_later(self, record: AuditRecord) -> None: ...
+
+    @property
+    def healthy(self) -> bool: ...
+
+    @property
+    def pending(self) -> int: ...
+
+    # committed, batches, spooled, lost: counters for /metrics
+    @property
+    def committed(self) -> int: ...
+
+    @property
+    def batches(self) -> int: ...
+
+    @property
+    def spooled(self) -> int: ...
+
+    @property
+    def lost(self) -> int: ...
+
+
 def expire_wait(future: asyncio.Future[None]) -> None:
     if not future.done():  # nobody waits any more; the writer still commits (or spools) the record
         future.set_exception(DependencyUnavailable("audit record could not be committed in time", code="audit_unavailable"))

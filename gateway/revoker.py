@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 
 from .audit import AuditRecord
-from .audit_writer import AuditWriter
+from .audit_writer import AuditLog
 from .errors import DependencyUnavailable, WardgateError
 from .ids import new_id
 from .revocations import Revocation, RevocationKind, RevocationStore, RevocationView, check_revocation
@@ -38,7 +38,7 @@ def admin_record(action: str, kind: str, subject: str, actor: str, reason: str) 
 
 class Revoker:
     def __init__(
-        self, store: RevocationStore, audit: AuditWriter, audit_timeout: float, view: RevocationView | None = None
+        self, store: RevocationStore, audit: AuditLog, audit_timeout: float, view: RevocationView | None = None
     ) -> None:
         self._store = store
         self._audit = audit

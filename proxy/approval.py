@@ -18,7 +18,7 @@ from typing import Any
 from mitmproxy import http
 
 from wardgate.gateway.approvals import ApprovalStore, ParkedCall
-from wardgate.gateway.audit_writer import AuditWriter
+from wardgate.gateway.audit_writer import AuditLog
 from wardgate.gateway.errors import DependencyUnavailable, PolicyDenied, WardgateError
 from wardgate.gateway.idempotency import fingerprint
 from wardgate.gateway.policy import Decision
@@ -31,7 +31,7 @@ APPROVAL_HEADER = "X-Wardgate-Approval-Id"
 
 
 class ApprovalGate:
-    def __init__(self, store: ApprovalStore, ttl: float, audit: AuditWriter, audit_timeout: float) -> None:
+    def __init__(self, store: ApprovalStore, ttl: float, audit: AuditLog, audit_timeout: float) -> None:
         self._store = store
         self._ttl = ttl
         self._audit = audit

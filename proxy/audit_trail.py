@@ -20,7 +20,7 @@ import time
 
 from mitmproxy import http
 
-from wardgate.gateway.audit_writer import AuditWriter
+from wardgate.gateway.audit_writer import AuditLog
 from wardgate.gateway.usage import extract_usage
 
 from .call import KEY, Call, call_of
@@ -33,7 +33,7 @@ MESSAGE_BYTES = "wardgate.websocket_bytes"  # [from the client, from the server]
 
 
 class AuditTrail:
-    def __init__(self, audit: AuditWriter) -> None:
+    def __init__(self, audit: AuditLog) -> None:
         self._audit = audit
         self._open_websockets: dict[str, http.HTTPFlow] = {}  # call id → flow, until websocket_end
 

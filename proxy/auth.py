@@ -18,7 +18,7 @@ import logging
 
 from mitmproxy import connection, http
 
-from wardgate.gateway.audit_writer import AuditWriter
+from wardgate.gateway.audit_writer import AuditLog
 from wardgate.gateway.errors import IdentityError, WardgateError
 from wardgate.gateway.identity import Principal, TokenVerifier, token_from_proxy_authorization
 from wardgate.gateway.revocations import Revocation, RevocationView
@@ -34,7 +34,7 @@ class ProxyAuth:
     def __init__(
         self,
         verifier: TokenVerifier,
-        audit: AuditWriter,
+        audit: AuditLog,
         audit_timeout: float,
         revocations: RevocationView | None = None,
         sweep_interval: float = 1.0,

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from wardgate.gateway.assertion import AssertionMinter
-from wardgate.gateway.audit_writer import AuditWriter
+from wardgate.gateway.audit_writer import AuditLog
 from wardgate.gateway.bindings import Bindings
 from wardgate.gateway.credentials import CredentialProvider
 from wardgate.gateway.keys import KeyRing
@@ -42,7 +42,7 @@ class CredentialParts:
 
 @contextlib.asynccontextmanager
 async def build_credentials(
-    settings: Settings, keys: KeyRing, audit: AuditWriter, audit_timeout: float
+    settings: Settings, keys: KeyRing, audit: AuditLog, audit_timeout: float
 ) -> AsyncIterator[CredentialParts]:
     # The vault opens even without a master key: a credentialed call then fails closed with
     # vault_unavailable, while every other call keeps working.

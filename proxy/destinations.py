@@ -20,7 +20,7 @@ from typing import Any
 from mitmproxy import connection, http, tcp
 from mitmproxy.proxy import server_hooks
 
-from wardgate.gateway.audit_writer import AuditWriter
+from wardgate.gateway.audit_writer import AuditLog
 from wardgate.gateway.destinations import DestinationGuard, parse_ip_literal
 from wardgate.gateway.errors import BadRequest, WardgateError
 
@@ -48,7 +48,7 @@ def _authority(value: str, default_port: int) -> tuple[str, int] | None:
 
 
 class DestinationCheck:
-    def __init__(self, audit: AuditWriter, audit_timeout: float) -> None:
+    def __init__(self, audit: AuditLog, audit_timeout: float) -> None:
         self._audit = audit
         self._audit_timeout = audit_timeout
         self._tunnels: dict[str, tuple[str, int]] = {}
@@ -89,7 +89,7 @@ class DestinationCheck:
 
 
 class DestinationPin:
-    def __init__(self, guard: DestinationGuard, audit: AuditWriter, audit_timeout: float) -> None:
+    def __init__(self, guard: DestinationGuard, audit: AuditLog, audit_timeout: float) -> None:
         self._guard = guard
         self._audit = audit
         self._audit_timeout = audit_timeout

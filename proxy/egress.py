@@ -16,7 +16,7 @@ from urllib.parse import parse_qs
 
 from mitmproxy import http
 
-from wardgate.gateway.audit_writer import AuditWriter
+from wardgate.gateway.audit_writer import AuditLog
 from wardgate.gateway.errors import PolicyDenied, WardgateError
 from wardgate.gateway.policy import PolicyClient, policy_headers, time_document
 
@@ -74,7 +74,7 @@ def policy_input(flow: http.HTTPFlow) -> dict[str, Any]:
 
 
 class EgressPolicy:
-    def __init__(self, policy: PolicyClient, audit: AuditWriter, audit_timeout: float) -> None:
+    def __init__(self, policy: PolicyClient, audit: AuditLog, audit_timeout: float) -> None:
         self._policy = policy
         self._audit = audit
         self._audit_timeout = audit_timeout

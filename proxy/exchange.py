@@ -41,7 +41,7 @@ from mitmproxy import http
 from mitmproxy.proxy.layers.http import HttpResponseHeadersHook, HttpResponseHook
 from yarl import URL
 
-from wardgate.gateway.audit_writer import AuditWriter
+from wardgate.gateway.audit_writer import AuditLog
 from wardgate.gateway.destinations import parse_ip_literal
 from wardgate.gateway.errors import UpstreamError, UpstreamTimeout, WardgateError
 from wardgate.gateway.settings import IdempotencySettings
@@ -113,7 +113,7 @@ def _response(status: int, reason: str | None, raw_headers: tuple[tuple[bytes, b
 class GatewayExchange:
     def __init__(
         self, pin: DestinationPin, idempotency: Idempotency, settings: IdempotencySettings,
-        trust: ssl.SSLContext, audit: AuditWriter,
+        trust: ssl.SSLContext, audit: AuditLog,
     ) -> None:
         self._pin = pin
         self._idempotency = idempotency

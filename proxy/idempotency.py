@@ -18,7 +18,7 @@ from typing import Any
 
 from mitmproxy import http
 
-from wardgate.gateway.audit_writer import AuditWriter
+from wardgate.gateway.audit_writer import AuditLog
 from wardgate.gateway.errors import BadRequest, Conflict, DependencyUnavailable, Unprocessable, WardgateError
 from wardgate.gateway.idempotency import IdempotencyStore, Outcome, StoredResponse, fingerprint, process_gone
 from wardgate.gateway.settings import IdempotencySettings
@@ -51,7 +51,7 @@ def _valid_key(key: str) -> bool:
 
 class Idempotency:
     def __init__(
-        self, store: IdempotencyStore, settings: IdempotencySettings, audit: AuditWriter, audit_timeout: float
+        self, store: IdempotencyStore, settings: IdempotencySettings, audit: AuditLog, audit_timeout: float
     ) -> None:
         self._store = store
         self._settings = settings

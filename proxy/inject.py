@@ -28,7 +28,7 @@ from typing import Any
 
 from mitmproxy import http
 
-from wardgate.gateway.audit_writer import AuditWriter
+from wardgate.gateway.audit_writer import AuditLog
 from wardgate.gateway.bindings import Binding, Bindings, marker, markers_in
 from wardgate.gateway.credentials import Caller, CredentialProvider, Injected
 from wardgate.gateway.errors import BadRequest, WardgateError
@@ -60,7 +60,7 @@ def _request_markers(request: http.Request) -> tuple[set[str], bool]:
 
 
 class CredentialBinding:
-    def __init__(self, bindings: Bindings, audit: AuditWriter, audit_timeout: float) -> None:
+    def __init__(self, bindings: Bindings, audit: AuditLog, audit_timeout: float) -> None:
         self._bindings = bindings
         self._audit = audit
         self._audit_timeout = audit_timeout
@@ -141,7 +141,7 @@ def _apply(request: http.Request, binding: Binding, injected: Injected) -> None:
 
 
 class CredentialInjector:
-    def __init__(self, provider: CredentialProvider, audit: AuditWriter, audit_timeout: float) -> None:
+    def __init__(self, provider: CredentialProvider, audit: AuditLog, audit_timeout: float) -> None:
         self._provider = provider
         self._audit = audit
         self._audit_timeout = audit_timeout

@@ -13,7 +13,7 @@ from typing import Any
 
 from mitmproxy import http
 
-from wardgate.gateway.audit_writer import AuditWriter
+from wardgate.gateway.audit_writer import AuditLog
 from wardgate.gateway.errors import WardgateError
 
 from .call import call_of
@@ -21,7 +21,7 @@ from .refusals import refuse
 
 
 class IntentRecord:
-    def __init__(self, audit: AuditWriter, audit_timeout: float) -> None:
+    def __init__(self, audit: AuditLog, audit_timeout: float) -> None:
         self._audit = audit
         self._audit_timeout = audit_timeout
 

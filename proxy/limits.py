@@ -27,7 +27,7 @@ from mitmproxy import connection, http
 from mitmproxy.net.http import http1
 from mitmproxy.proxy import events
 
-from wardgate.gateway.audit_writer import AuditWriter
+from wardgate.gateway.audit_writer import AuditLog
 from wardgate.gateway.errors import TooManyRequests, WardgateError
 from wardgate.gateway.settings import LimitsSettings
 
@@ -57,7 +57,7 @@ class TokenBucket:
 
 
 class Limits:
-    def __init__(self, settings: LimitsSettings, heads: HeadGuard, audit: AuditWriter, audit_timeout: float,
+    def __init__(self, settings: LimitsSettings, heads: HeadGuard, audit: AuditLog, audit_timeout: float,
                  tick: float = 0.25) -> None:
         self._settings = settings
         self._heads = heads

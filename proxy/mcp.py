@@ -22,7 +22,7 @@ from typing import Any
 
 from mitmproxy import http
 
-from wardgate.gateway.audit_writer import AuditWriter
+from wardgate.gateway.audit_writer import AuditLog
 from wardgate.gateway.errors import BadRequest, DependencyUnavailable, ErrorResponse, WardgateError
 from wardgate.gateway.mcp import (
     SseEvent,
@@ -91,7 +91,7 @@ class McpGateway:
         self,
         settings: McpSettings,
         policy: PolicyClient,
-        audit: AuditWriter,
+        audit: AuditLog,
         audit_timeout: float,
         event_filter: EventFilter | None = None,
     ) -> None:

@@ -7,7 +7,7 @@ import time
 
 from mitmproxy import http
 
-from wardgate.gateway.audit_writer import AuditWriter
+from wardgate.gateway.audit_writer import AuditLog
 from wardgate.gateway.errors import WardgateError, to_response
 
 from .call import call_of
@@ -20,7 +20,7 @@ def error_response(error: WardgateError, audit_id: str | None) -> http.Response:
     return http.Response.make(rendered.status, rendered.body, rendered.headers)
 
 
-async def refuse(flow: http.HTTPFlow, error: WardgateError, audit: AuditWriter, timeout: float) -> None:
+async def refuse(flow: http.HTTPFlow, error: WardgateError, audit: AuditLog, timeout: float) -> None:
     """Record the refusal durably, then set ``flow.response`` so nothing goes upstream."""
     call = call_of(flow)
     record = call.record(

@@ -31,7 +31,7 @@ import brotli
 import zstandard
 from mitmproxy import http
 
-from wardgate.gateway.audit_writer import AuditWriter
+from wardgate.gateway.audit_writer import AuditLog
 from wardgate.gateway.bindings import Binding
 from wardgate.gateway.credentials import Injected
 from wardgate.gateway.errors import UpstreamError
@@ -152,7 +152,7 @@ class StreamScrubber:
 
 
 class ResponseScrubber:
-    def __init__(self, audit: AuditWriter, audit_timeout: float) -> None:
+    def __init__(self, audit: AuditLog, audit_timeout: float) -> None:
         self._audit = audit
         self._audit_timeout = audit_timeout
 

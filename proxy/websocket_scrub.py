@@ -38,7 +38,7 @@ import wsproto.extensions
 import wsproto.utilities
 from mitmproxy import http
 
-from wardgate.gateway.audit_writer import AuditWriter
+from wardgate.gateway.audit_writer import AuditLog
 from wardgate.gateway.credentials import Injected
 
 from .call import call_of
@@ -59,7 +59,7 @@ def unreadable_extensions(response: http.Response) -> list[str]:
 
 
 class WebSocketScrubber:
-    def __init__(self, audit: AuditWriter, audit_timeout: float) -> None:
+    def __init__(self, audit: AuditLog, audit_timeout: float) -> None:
         self._audit = audit
         self._audit_timeout = audit_timeout
 
