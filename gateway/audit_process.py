@@ -76,7 +76,6 @@ class AuditProcess:
         self._counts = (0, 0, 0, 0)  # committed, batches, spooled, lost: the current writer's
         self._earlier = [0, 0, 0]  # committed, batches, lost by writers before it
         self.writer_id = ""
-        self.restarts = 0
 
     # -- AuditWriter's interface -----------------------------------------------------------------
 
@@ -264,12 +263,12 @@ class AuditProcess:
 
     async def _supervise(self) -> None:
         """Restart the writer process whenever it exits before ``stop``."""
-        delay = self._restart_delay
         while True:
             assert self._process is not None
             code = await self._process.wait()
             self._lost_writer()
             log.error("audit writer process exited (%s); restarting it", code)
+            delay = self._restart_delay
             while True:
                 try:
                     await self._spawn()
@@ -278,8 +277,6 @@ class AuditProcess:
                     log.error("%s; retrying in %.1f s", exc, delay)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 10.0)
-            self.restarts += 1
-            delay = self._restart_delay
 
     def _lost_writer(self) -> None:
         """Fold the ended writer's counters into the totals; its transport is gone."""
