@@ -1,4 +1,9 @@
-"""Sortable, unguessable ids (ULID layout: 48-bit milliseconds + 80 random bits, Crockford base32)."""
+"""Sortable, unguessable ids in the ULID layout (128 bits, Crockford base32): 48 bits of milliseconds,
+then 20 bits of the nanoseconds within that millisecond, then 60 random bits.
+
+The sub-millisecond part keeps ids in creation order within a millisecond, so a call's intent record
+sorts before its outcome record even when both are made in the same millisecond (plain ULIDs order
+those at random). Any ULID parser still reads the time from the first 48 bits."""
 
 from __future__ import annotations
 
@@ -21,8 +26,14 @@ def _encode(value: int, length: int) -> str:
 
 
 def new_id(now: float | None = None) -> str:
-    """A 26-character id whose lexical order follows creation time (to the millisecond)."""
-    value = int((time.time() if now is None else now) * 1000) << 80 | int.from_bytes(os.urandom(10), "big")
+    """A 26-character id whose lexical order follows creation time (to the clock's resolution)."""
+    if now is None:
+        millis, within = divmod(time.time_ns(), 1_000_000)
+    else:  # milliseconds exactly as first_id_at counts them, so a cursor at ``now`` never sorts after this id
+        scaled = now * 1000
+        millis = int(scaled)
+        within = min(int((scaled - millis) * 1_000_000), 999_999)
+    value = millis << 80 | within << 60 | int.from_bytes(os.urandom(8), "big") >> 4
     return "".join([_PAIRS[value >> shift & 1023] for shift in _SHIFTS])
 
 
