@@ -5,13 +5,19 @@ to the agent; the record goes here (one JSON line, fsync'd before the writer mov
 replayed into the store by the writer thread. While the spool holds anything the replica reports
 itself unready, so a load balancer drains it instead of sending more calls into a broken store.
 
-Only the writer thread touches the spool, so it needs no lock.
+The writer appends and replays; a gateway or proxy worker also appends, at stop, the records a
+hung or dead writer never settled. So an append and a replay (read, commit, clear) each hold an
+exclusive lock on the spool's lock file, and a record appended during a replay is never cleared
+with the ones before it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -30,16 +36,27 @@ class Spool:
         with open(self.path, "rb") as handle:
             return sum(1 for line in handle if line.strip())
 
-    def append(self, records: list["AuditRecord"]) -> None:
-        """Durably append ``records``; raises OSError when even the spool cannot be written."""
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Excludes every other process's append and replay of this spool while held."""
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        data = b"".join(json.dumps(asdict(r), sort_keys=True).encode() + b"\n" for r in records)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        fd = os.open(self.path.with_name(self.path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            os.write(fd, data)
-            os.fsync(fd)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
         finally:
             os.close(fd)
+
+    def append(self, records: list["AuditRecord"]) -> None:
+        """Durably append ``records``; raises OSError when even the spool cannot be written."""
+        data = b"".join(json.dumps(asdict(r), sort_keys=True).encode() + b"\n" for r in records)
+        with self.locked():
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                os.write(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
     def read(self) -> list["AuditRecord"]:
         from .audit import AuditRecord

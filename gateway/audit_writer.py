@@ -395,7 +395,11 @@ class AuditWriter:
 
     def _replay_spool(self, conn: SqliteWriterStore | PostgresWriterStore) -> None:
         assert self._spool is not None
-        records = self._spool.read()
+        with self._spool.locked():
+            self._replay_locked(conn, self._spool)
+
+    def _replay_locked(self, conn: SqliteWriterStore | PostgresWriterStore, spool: Spool) -> None:
+        records = spool.read()
         try:
             if records:
                 # A crash between commit and clear would replay twice: skip ids already stored.
@@ -405,7 +409,7 @@ class AuditWriter:
                 fresh = list({r.id: r for r in records if r.id not in present}.values())
                 if fresh:
                     self._insert(conn, fresh)
-            self._spool.clear()
+            spool.clear()
             self.spooled = 0
             log.info("audit spool replayed: %s records", len(records))
             if self._on_settled is not None:
