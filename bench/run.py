@@ -432,7 +432,7 @@ def workers_check(root: Path, upstream_ca: Path, ports: dict[str, int], duration
             lines.append(f"{workers} worker(s), HTTPS, 64 keep-alive tunnels (last round): {result['rps']:.0f} req/s, "
                          f"CPU {result['cpu_ms_per_req']:.2f} ms/req (all processes), "
                          f"RSS per proxy process {', '.join(f'{rss_mb(p):.0f} MB' for p in proxies)} (goal < 150 MB); "
-                         f"each proxy's audit writer process: RSS {', '.join(f'{rss_mb(p):.0f} MB' for p in writers)}, "
+                         f"the audit writer process all of them share: RSS {', '.join(f'{rss_mb(p):.0f} MB' for p in writers)}, "
                          f"of it not shared {', '.join(f'{private_mb(p):.0f} MB' for p in writers)}")
     finally:
         for _, gw in started:

@@ -19,7 +19,7 @@ from mitmproxy.addons import core, errorcheck, next_layer, proxyserver, tlsconfi
 from wardgate.gateway import admin, admin_token, approval_api, oauth_connect
 from wardgate.gateway.agents import AgentDirectory, AgentRegistry
 from wardgate.gateway.approvals import ApprovalStore
-from wardgate.gateway.audit_process import AuditProcess
+from wardgate.gateway.audit_process import AuditLink, AuditProcess
 from wardgate.gateway.audit_setup import writer_config
 from wardgate.gateway.destinations import DestinationGuard
 from wardgate.gateway.echo import build_echo_app
@@ -122,7 +122,11 @@ async def serve(
     registry = AgentRegistry(settings.state_db)
     directory = AgentDirectory(registry)
     await directory.refresh()
-    audit = AuditProcess(writer_config(settings))
+    audit: AuditProcess | AuditLink
+    if worker_of is not None:  # the gateway's writer takes every worker's records: one chain, one process
+        audit = AuditLink(writer_config(settings), worker_of.audit)
+    else:
+        audit = AuditProcess(writer_config(settings), listen_in=settings.run_dir if workers > 1 else None)
     await audit.start()
     token = settings.admin_token.get_secret_value() if settings.admin_token else admin_token.load_or_create(settings.home / "admin.token")
 
@@ -316,8 +320,9 @@ async def serve(
             listeners = Listeners(f"{host}:{port}", admin_addr, opa_url, managed.pid if managed else None, echo_addr, os.getpid())
             if worker_of is None:
                 if workers > 1:
-                    of = WorkerOf(listeners.proxy, opa_url, admin_addr, echo_addr)
-                    listeners.workers = await stack.enter_async_context(run_workers(workers - 1, of))
+                    assert isinstance(audit, AuditProcess) and audit.listen_path is not None
+                    of = WorkerOf(listeners.proxy, opa_url, admin_addr, echo_addr, audit.listen_path)
+                    listeners.workers = await stack.enter_async_context(run_workers(workers - 1, of, audit.stop_timeout))
                 write_listeners(settings.run_dir / "listeners.json", listeners)
             on_ready(listeners)
 

@@ -2,10 +2,12 @@
 
 The first process is the whole gateway (admin API, managed OPA, demo echo) and also a proxy worker;
 it starts N-1 more processes that run only the proxy, on the same address, against the same OPA and
-the same state under ``home`` (agents, revocations, vault, idempotency, approvals, the audit store,
-where each worker writes its own hash chain). The kernel spreads new client connections over the
-listening sockets; a connection stays with the worker that accepted it, so the per-connection
-state (the identity a CONNECT tunnel proved) stays where it was proven.
+the same state under ``home`` (agents, revocations, vault, idempotency, approvals), and the same
+audit writer process: each worker sends its records to the first process's writer over a Unix
+socket in the private run folder, so all of them share one hash chain and one group commit. The
+kernel spreads new client connections over the listening sockets; a connection stays with the
+worker that accepted it, so the per-connection state (the identity a CONNECT tunnel proved) stays
+where it was proven.
 
 mitmproxy has no option for SO_REUSEPORT, so ``listen_with_reuse_port`` replaces the regular-mode
 server's ``listen`` in this process only; it is called only when ``--workers`` is above 1.
@@ -38,6 +40,7 @@ class WorkerOf:
     opa: str  # the first process's OPA (managed or external)
     admin: str  # the admin API, which the proxy must never reach
     echo: str | None  # the demo echo service, which the proxy may reach
+    audit: str  # the first process's audit writer socket (gateway/audit_process.AuditLink)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -75,8 +78,11 @@ def worker_argv() -> list[str]:
 
 
 @contextlib.asynccontextmanager
-async def run_workers(count: int, of: WorkerOf) -> AsyncIterator[list[int]]:
-    """Start ``count`` proxy-only workers; stop them (SIGTERM, then kill) when the block ends."""
+async def run_workers(count: int, of: WorkerOf, drain: float) -> AsyncIterator[list[int]]:
+    """Start ``count`` proxy-only workers; stop them (SIGTERM, then kill) when the block ends.
+
+    ``drain``: how long a worker may take to hand its last audit records over (AuditLink.stop);
+    it gets that and ten seconds more before it is killed."""
     processes = [
         await asyncio.create_subprocess_exec(*worker_argv(), "--worker-of", of.to_json(), stdout=asyncio.subprocess.PIPE)
         for _ in range(count)
@@ -94,7 +100,7 @@ async def run_workers(count: int, of: WorkerOf) -> AsyncIterator[list[int]]:
                 process.send_signal(signal.SIGTERM)
         for process in processes:
             try:
-                await asyncio.wait_for(process.wait(), 10)
+                await asyncio.wait_for(process.wait(), drain + 10)
             except TimeoutError:
                 process.kill()
                 await process.wait()

@@ -14,6 +14,7 @@ import time
 import uuid
 from pathlib import Path
 
+import pytest
 import requests
 
 from support import Upstream, start_gateway, wait_until
@@ -29,9 +30,12 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 def test_a_killed_writer_is_restarted_and_loses_nothing(opa_binary: str, tmp_path: Path, acme_policy: Path,
-                                                        upstream: Upstream) -> None:
-    gateway = start_gateway(tmp_path / "gw", policy_paths=[acme_policy],
+                                                        upstream: Upstream, workers: int) -> None:
+    """With two workers, the second one's records reach the writer over its socket: it must see the
+    writer go, refuse calls while it is away, reconnect and send again what was not settled."""
+    gateway = start_gateway(tmp_path / "gw", policy_paths=[acme_policy], up_args=["--workers", str(workers)],
                             extra_config="\n[limits]\nrequests_per_second = 100000\nburst = 100000\n")
     try:
         gateway.create_agent("acme-bot", "acme", ["read"])
@@ -47,6 +51,8 @@ def test_a_killed_writer_is_restarted_and_loses_nothing(opa_binary: str, tmp_pat
             started.wait()
             for call in range(PER_THREAD):
                 path = f"/allowed/{run}/{number}/{call}"
+                if workers > 1:  # a new connection per call: the kernel spreads them over the workers
+                    session.close()
                 response = session.get(f"{upstream.http_url}{path}", proxies={"http": proxy}, timeout=15)
                 with lock:
                     answered[path] = response
@@ -85,26 +91,35 @@ def test_a_killed_writer_is_restarted_and_loses_nothing(opa_binary: str, tmp_pat
         gateway.stop()
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 def test_what_a_hung_writer_never_settled_is_spooled_at_stop_and_stored_after(
-        opa_binary: str, tmp_path: Path, acme_policy: Path, upstream: Upstream) -> None:
+        opa_binary: str, tmp_path: Path, acme_policy: Path, upstream: Upstream, workers: int) -> None:
+    """With two workers, each process spools what it sent the hung writer (both append to the one
+    spool); the next writer stores all of it."""
     config = '\n[audit]\ncommit_timeout = "400ms"\n'
-    gateway = start_gateway(tmp_path / "gw", policy_paths=[acme_policy], extra_config=config)
-    path = f"/allowed/{uuid.uuid4()}"
+    gateway = start_gateway(tmp_path / "gw", policy_paths=[acme_policy], extra_config=config,
+                            up_args=["--workers", str(workers)])
+    call_ids = []
     try:
         gateway.create_agent("acme-bot", "acme", ["read"])
         proxy = gateway.proxy_with(gateway.mint("acme-bot"))
         os.kill(gateway.audit_writer_pid(), signal.SIGSTOP)  # alive, so not restarted, but settles nothing
-        response = requests.get(f"{upstream.http_url}{path}", proxies={"http": proxy}, timeout=15)
-        assert response.status_code == 503 and response.headers["X-Wardgate-Error"] == "audit_unavailable"
-        assert upstream.count(path) == 0
-        call_id = response.headers["X-Wardgate-Audit-Id"]
+        for _ in range(6):  # a new connection each: with two workers, the kernel spreads them
+            path = f"/allowed/{uuid.uuid4()}"
+            response = requests.get(f"{upstream.http_url}{path}", proxies={"http": proxy}, timeout=15)
+            assert response.status_code == 503 and response.headers["X-Wardgate-Error"] == "audit_unavailable"
+            assert upstream.count(path) == 0
+            call_ids.append(response.headers["X-Wardgate-Audit-Id"])
     finally:
         gateway.stop()  # the writer cannot drain: killed after its stop timeout, its records spooled
     spool = gateway.home / "audit-spool.jsonl"
-    assert spool.exists() and call_id in spool.read_text()
+    assert spool.exists() and all(call_id in spool.read_text() for call_id in call_ids)
     again = start_gateway(tmp_path / "gw", policy_paths=[acme_policy], extra_config=config)
     try:
-        assert wait_until(lambda: {r["kind"] for r in again.records(call_id=call_id, wait_for=0, timeout=0)} >= {"intent", "refusal"})
+        def stored(call_id: str) -> bool:
+            return {r["kind"] for r in again.records(call_id=call_id, wait_for=0, timeout=0)} >= {"intent", "refusal"}
+
+        assert wait_until(lambda: all(stored(call_id) for call_id in call_ids))
         assert wait_until(lambda: not spool.exists() or spool.read_text() == "")
     finally:
         again.stop()

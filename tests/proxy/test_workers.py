@@ -1,8 +1,11 @@
-"""``wardgate up --workers 2``: two proxy processes on one port, sharing agents, revocations and the
-audit store under one home. Real gateway processes, a real upstream, new connections per call."""
+"""``wardgate up --workers 2``: two proxy processes on one port, sharing agents, revocations, the
+audit store under one home and the one audit writer process. Real gateway processes, a real
+upstream, new connections per call."""
 
 from __future__ import annotations
 
+import base64
+import http.client
 import os
 import sqlite3
 from pathlib import Path
@@ -10,6 +13,36 @@ from pathlib import Path
 import requests
 
 from support import Upstream, start_gateway, write_tenant_policy
+
+
+def owner_of(client_port: int, pids: list[int]) -> int | None:
+    """Which of ``pids`` holds the accepted end of the loopback connection from ``client_port``."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[2].rsplit(":", 1)[1], 16) != client_port:
+            continue
+        target = f"socket:[{fields[9]}]"
+        for pid in pids:
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                try:
+                    if os.readlink(fd) == target:
+                        return pid
+                except OSError:
+                    continue
+    return None
+
+
+def writer_processes(parent: int) -> list[int]:
+    """The audit writer processes (gateway/audit_child.py) ``parent`` started."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == parent and \
+                    b"wardgate.gateway.audit_child" in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
 
 
 def test_two_workers_share_the_port_and_the_state(tmp_path: Path, upstream: Upstream) -> None:
@@ -20,20 +53,30 @@ def test_two_workers_share_the_port_and_the_state(tmp_path: Path, upstream: Upst
         assert len(workers) == 1 and all(os.path.exists(f"/proc/{pid}") for pid in workers)
         gw.create_agent("bot", "acme", ["read"])
         token = gw.mint("bot", ttl=600)
-        proxies = {"http": gw.proxy_with(token)}
+        basic = "Basic " + base64.b64encode(f"agent:{token}".encode()).decode()
         # A new connection per call: the kernel spreads them over both listening sockets.
+        accepted_by: list[int | None] = []
         for _ in range(40):
-            with requests.Session() as session:
-                assert session.get(f"{upstream.http_url}/w", proxies=proxies, timeout=10).status_code == 200
+            connection = http.client.HTTPConnection(*gw.listeners["proxy"].rsplit(":", 1), timeout=10)
+            connection.request("GET", f"{upstream.http_url}/w", headers={"Proxy-Authorization": basic})
+            response = connection.getresponse()
+            assert response.status == 200
+            response.read()
+            accepted_by.append(owner_of(connection.sock.getsockname()[1], [gw.process.pid, *workers]))
+            connection.close()
+        assert set(accepted_by) == {gw.process.pid, workers[0]}, "the kernel gave both processes connections"
         # Without a token every worker refuses the same way (407), whichever one accepted.
         for _ in range(10):
             with requests.Session() as session:
                 response = session.get(f"{upstream.http_url}/w", proxies={"http": gw.proxy}, timeout=10)
                 assert response.status_code == 407
-        gw.records(wait_for=100)
+        records = gw.records(wait_for=100)
+        served = {record["call_id"] for record in records if record["kind"] == "outcome"}
+        assert len(served) == 40, "every forwarded call has its outcome, whichever worker served it"
         with sqlite3.connect(gw.settings.audit_db) as conn:
-            writers = {row[0] for row in conn.execute("SELECT DISTINCT writer FROM audit_records WHERE kind = 'outcome'")}
-        assert len(writers) == 2, "both workers served calls and wrote their own audit chain"
+            writers = {row[0] for row in conn.execute("SELECT DISTINCT writer FROM audit_records")}
+        assert len(writers) == 1, "both workers' records went to the gateway's one writer: one chain"
+        assert len(writer_processes(gw.process.pid)) == 1 and not writer_processes(workers[0])
     finally:
         gw.stop()
     assert all(not os.path.exists(f"/proc/{pid}") or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
