@@ -99,6 +99,8 @@ class LimitsSettings(_Section):
     max_header_bytes: int = Field(default=32768, ge=1024, le=1 << 20)  # request line + headers → 431
     max_headers: int = Field(default=100, ge=8, le=1000)  # header fields → 431
     max_body_bytes: int = Field(default=10 << 20, ge=1024)  # request body → 413, checked as it arrives
+    # One WebSocket message, either way, as collected (inflated) → close 1009, websocket_message_too_big.
+    max_websocket_message_bytes: int = Field(default=16 << 20, ge=1024)
     header_timeout: float = Field(default=10.0, gt=0, le=300)  # first byte of a request to end of its head
     # End of a request's head to end of its body → 408 request_timeout; nothing is sent upstream.
     body_timeout: float = Field(default=60.0, gt=0, le=3600)

@@ -26,6 +26,7 @@ from wardgate.gateway.usage import extract_usage
 from .call import KEY, Call, call_of
 from .event_streams import STREAM_SAMPLE
 from .upstream_timeout import CONNECT_TIMED_OUT
+from .websocket_limits import ended_for_size
 
 OUTCOME_WRITTEN = "wardgate.outcome"
 UPGRADED_AT = "wardgate.upgraded_at"  # perf_counter() when the 101 of a WebSocket arrived
@@ -81,7 +82,7 @@ class AuditTrail:
     def websocket_end(self, flow: http.HTTPFlow) -> None:
         call = flow.metadata.get(KEY)
         if call is not None:
-            self._websocket_outcome(flow, call, error=None)
+            self._websocket_outcome(flow, call, error="websocket_message_too_big" if ended_for_size(flow) else None)
 
     def done(self) -> None:
         """Runs before the audit writer stops (proxy/server.py): sockets still open get their outcome."""

@@ -36,7 +36,7 @@ from wardgate.gateway.revoker import Revoker
 from wardgate.gateway.settings import Settings
 from yarl import URL
 
-from . import inline_hooks, protocol_errors, stages, upstream_timeout, websocket_frames
+from . import inline_hooks, protocol_errors, stages, upstream_timeout, websocket_frames, websocket_limits
 from .approval import ApprovalGate
 from .audit_trail import AuditTrail
 from .auth import ProxyAuth
@@ -237,6 +237,7 @@ async def serve(
         limits = Limits(settings.limits, heads, audit, timeout)
         upstream_timeout.install()
         websocket_frames.install()  # a scrubbed text message is re-framed between characters
+        websocket_limits.install(settings.limits.max_websocket_message_bytes)  # one message's size, either way
         upstream_deadline = UpstreamTimeout(settings.limits.upstream_timeout)
         connect_deadline = ConnectTimeout(settings.limits.connect_timeout)
         proxy_master = build_master(

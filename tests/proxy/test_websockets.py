@@ -41,10 +41,12 @@ def ws_upstream(test_ca: trustme.CA) -> Iterator[WebSocketUpstream]:
     server.stop()
 
 
-def credentialed_gateway(root: Path, acme_policy: Path, upstream_ca_file: Path, upstream: WebSocketUpstream) -> Gateway:
+def credentialed_gateway(root: Path, acme_policy: Path, upstream_ca_file: Path, upstream: WebSocketUpstream,
+                         extra_config: str = "") -> Gateway:
     """A gateway binding service "chat" to the upstream's TLS port, with alice's credential stored."""
     gw = start_gateway(root, policy_paths=[acme_policy], upstream_ca=upstream_ca_file,
-                       extra_config=f'[services.chat]\nhosts = ["localhost"]\nports = [{upstream.tls_port}]\n')
+                       extra_config=f'[services.chat]\nhosts = ["localhost"]\nports = [{upstream.tls_port}]\n'
+                                    + extra_config)
     try:
         gw.create_agent("ws-bot", "acme", ["read"])
         vault = Vault(gw.settings.state_db, KeySource(gw.settings), create_keys=True)
@@ -207,6 +209,52 @@ async def test_a_long_session_does_not_keep_its_messages(ws_gateway: Gateway, ws
     outcome = (await asyncio.to_thread(records_of, ws_gateway, path, 2))[-1]
     assert outcome["kind"] == "outcome"
     assert (outcome["bytes_in"], outcome["bytes_out"]) == ((count + 1) * chunk, (count + 1) * chunk)
+
+
+LIMIT = 65536  # [limits] max_websocket_message_bytes of the gateway below
+
+
+@pytest.fixture(scope="module")
+def small_ws_gateway(
+    opa_binary: str, tmp_path_factory: pytest.TempPathFactory, acme_policy: Path, upstream_ca_file: Path,
+    ws_upstream: WebSocketUpstream,
+) -> Iterator[Gateway]:
+    gw = credentialed_gateway(tmp_path_factory.mktemp("ws-small"), acme_policy, upstream_ca_file, ws_upstream,
+                              f"\n[limits]\nmax_websocket_message_bytes = {LIMIT}\n")
+    yield gw
+    gw.stop()
+
+
+async def test_messages_up_to_the_limit_pass_whole(small_ws_gateway: Gateway, ws_upstream: WebSocketUpstream) -> None:
+    """The count is per message: several messages just under the limit, each way, all pass."""
+    async with websocket(small_ws_gateway, ws_upstream.url(f"/allowed/ws/{uuid.uuid4().hex}")) as ws:
+        for _ in range(3):
+            assert await ask(ws, f"big {LIMIT - 10}") == "a" * (LIMIT - 10)
+            payload = b"\x01" * (LIMIT - 10)
+            await ws.send_bytes(payload)
+            assert (await ws.receive(timeout=WAIT)).data == payload
+
+
+@pytest.mark.parametrize("compress", [15, 0], ids=["permessage-deflate", "uncompressed"])
+@pytest.mark.parametrize("sender", ["upstream", "agent"])
+async def test_a_message_over_the_limit_ends_the_session_with_1009(
+        small_ws_gateway: Gateway, ws_upstream: WebSocketUpstream, compress: int, sender: str) -> None:
+    """With permessage-deflate, 4 MiB of one letter is a few kilobytes on the wire: the gateway must
+    stop collecting at the limit, not once the whole message has been inflated."""
+    name = uuid.uuid4().hex
+    path = f"/allowed/ws/{name}"
+    async with websocket(small_ws_gateway, ws_upstream.url(path), compress=compress) as ws:
+        if sender == "upstream":
+            await ws.send_str(f"big {4 << 20}")
+        else:
+            await ws.send_bytes(b"\x02" * (4 << 20))
+        closing = await ws.receive(timeout=WAIT)
+        assert closing.type == aiohttp.WSMsgType.CLOSE, closing
+        assert (closing.data, closing.extra) == (1009, "wardgate: message too big")
+    if sender == "agent":
+        assert all(len(message) < LIMIT for message in ws_upstream.sessions[name].received), "it reached the upstream"
+    outcome = (await asyncio.to_thread(records_of, small_ws_gateway, path, 2))[-1]
+    assert (outcome["kind"], outcome["status"], outcome["error"]) == ("outcome", 101, "websocket_message_too_big")
 
 
 async def test_an_upgrade_negotiating_an_unreadable_extension_is_refused(

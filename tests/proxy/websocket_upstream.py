@@ -7,7 +7,8 @@ sent as text messages, using the credential it received in ``Authorization: Bear
   (``FORMS``), as text or as binary (binary with non-UTF-8 bytes around it);
 - ``fragmented FORM``: the same text message in two raw frames split inside the credential
   (a TEXT frame without FIN, then a CONTINUATION frame), so only reassembly can find it;
-- ``say TEXT``: ``TEXT`` as it is; a binary message from the client comes back as it is.
+- ``say TEXT``: ``TEXT`` as it is; a binary message from the client comes back as it is;
+- ``big N``: one text message of N bytes, all alike (compressed, a few hundred bytes on the wire).
 
 With ``?echo_header`` the 101 carries the credential in an ``X-Echo`` header as well.
 
@@ -84,6 +85,8 @@ class WebSocketUpstream:
             command, _, argument = message.data.partition(" ")
             if command == "say":
                 await socket.send_str(argument)
+            elif command == "big":  # one text message of that many bytes: deflates to almost nothing
+                await socket.send_str("a" * int(argument))
             elif command == "text":
                 await socket.send_str(f"<{argument}:{FORMS[argument](token)}>")
             elif command == "binary":
