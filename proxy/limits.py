@@ -21,7 +21,6 @@ import contextlib
 import logging
 import math
 import time
-from dataclasses import dataclass
 
 from mitmproxy import connection, http
 from mitmproxy.net.http import http1
@@ -33,38 +32,22 @@ from wardgate.gateway.settings import LimitsSettings
 
 from .call import KEY, call_of
 from .framing import BODY_LIMIT_MESSAGE, BODY_TIMEOUT_MESSAGE, BodyLate, HeadGuard
+from .rate_buckets import AgentKey, LocalBuckets, SharedBuckets
 from .refusals import refuse
 
 log = logging.getLogger("wardgate.proxy")
-AgentKey = tuple[str, str]
-
-
-@dataclass(slots=True)
-class TokenBucket:
-    rate: float
-    capacity: float
-    tokens: float
-    updated: float
-
-    def take(self, now: float) -> float:
-        """0 if a token was taken, else the seconds until one will be there."""
-        self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
-        self.updated = now
-        if self.tokens >= 1:
-            self.tokens -= 1
-            return 0.0
-        return (1 - self.tokens) / self.rate
 
 
 class Limits:
     def __init__(self, settings: LimitsSettings, heads: HeadGuard, audit: AuditLog, audit_timeout: float,
-                 tick: float = 0.25) -> None:
+                 tick: float = 0.25, buckets: LocalBuckets | SharedBuckets | None = None) -> None:
         self._settings = settings
         self._heads = heads
         self._audit = audit
         self._audit_timeout = audit_timeout
         self._tick = tick
-        self._buckets: dict[AgentKey, TokenBucket] = {}
+        # The gateway's workers share theirs (proxy/rate_buckets.py); one process keeps its own.
+        self._buckets = buckets if buckets is not None else LocalBuckets(settings.requests_per_second, settings.burst)
         self._tunnels: dict[AgentKey, set[str]] = {}
         self._tunnel_owner: dict[str, AgentKey] = {}
         self._waiting: dict[str, float] = {}  # client id → since when it waits for its next request
@@ -104,14 +87,7 @@ class Limits:
         principal = call_of(flow).principal
         if flow.response is not None or principal is None:
             return
-        key = (principal.tenant, principal.agent)
-        now = time.monotonic()
-        bucket = self._buckets.get(key)
-        if bucket is None:
-            bucket = self._buckets[key] = TokenBucket(
-                self._settings.requests_per_second, float(self._settings.burst), float(self._settings.burst), now
-            )
-        wait = bucket.take(now)
+        wait = self._buckets.take((principal.tenant, principal.agent), time.monotonic())
         if wait > 0:
             error = TooManyRequests(f"agent exceeds {self._settings.requests_per_second:g} requests per second")
             await self._too_many(flow, error, wait)

@@ -51,6 +51,7 @@ from .idempotency import Idempotency
 from .intent import IntentRecord
 from .limits import Limits
 from .mcp import McpGateway
+from .rate_buckets import SharedBuckets
 from .trace import TraceContext
 from .upstream_timeout import ConnectTimeout, UpstreamTimeout
 from .workers import WorkerOf, listen_with_reuse_port, run_workers
@@ -234,7 +235,15 @@ async def serve(
         idempotency = Idempotency(idempotency_store, settings.idempotency, audit, timeout)
         heads = HeadGuard(settings.limits.max_header_bytes, settings.limits.max_headers, settings.limits.max_body_bytes)
         heads.install()
-        limits = Limits(settings.limits, heads, audit, timeout)
+        buckets: SharedBuckets | None = None
+        if workers > 1:  # every worker takes an agent's tokens from the same bucket
+            buckets = SharedBuckets.create(settings.run_dir / "rate-buckets", settings.limits.requests_per_second,
+                                           settings.limits.burst)
+        elif worker_of is not None:
+            buckets = SharedBuckets.open(Path(worker_of.buckets), settings.limits.requests_per_second, settings.limits.burst)
+        if buckets is not None:
+            stack.callback(buckets.close)
+        limits = Limits(settings.limits, heads, audit, timeout, buckets=buckets)
         upstream_timeout.install()
         websocket_frames.install()  # a scrubbed text message is re-framed between characters
         websocket_limits.install(settings.limits.max_websocket_message_bytes)  # one message's size, either way
@@ -322,7 +331,8 @@ async def serve(
             if worker_of is None:
                 if workers > 1:
                     assert isinstance(audit, AuditProcess) and audit.listen_path is not None
-                    of = WorkerOf(listeners.proxy, opa_url, admin_addr, echo_addr, audit.listen_path)
+                    assert buckets is not None
+                    of = WorkerOf(listeners.proxy, opa_url, admin_addr, echo_addr, audit.listen_path, str(buckets.path))
                     listeners.workers = await stack.enter_async_context(run_workers(workers - 1, of, audit.stop_timeout))
                 write_listeners(settings.run_dir / "listeners.json", listeners)
             on_ready(listeners)

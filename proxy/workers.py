@@ -2,8 +2,8 @@
 
 The first process is the whole gateway (admin API, managed OPA, demo echo) and also a proxy worker;
 it starts N-1 more processes that run only the proxy, on the same address, against the same OPA and
-the same state under ``home`` (agents, revocations, vault, idempotency, approvals), and the same
-audit writer process: each worker sends its records to the first process's writer over a Unix
+the same state under ``home`` (agents, revocations, vault, idempotency, approvals), the same
+per-agent rate-limit buckets (proxy/rate_buckets.py), and the same audit writer process: each worker sends its records to the first process's writer over a Unix
 socket in the private run folder, so all of them share one hash chain and one group commit. The
 kernel spreads new client connections over the listening sockets; a connection stays with the
 worker that accepted it, so the per-connection state (the identity a CONNECT tunnel proved) stays
@@ -41,6 +41,7 @@ class WorkerOf:
     admin: str  # the admin API, which the proxy must never reach
     echo: str | None  # the demo echo service, which the proxy may reach
     audit: str  # the first process's audit writer socket (gateway/audit_process.AuditLink)
+    buckets: str  # the rate-limit buckets every worker shares (proxy/rate_buckets.SharedBuckets)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

@@ -81,3 +81,33 @@ def test_two_workers_share_the_port_and_the_state(tmp_path: Path, upstream: Upst
         gw.stop()
     assert all(not os.path.exists(f"/proc/{pid}") or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
                for pid in workers), "stopping the gateway stops its workers"
+
+
+def test_two_workers_share_an_agents_rate_limit(tmp_path: Path, upstream: Upstream) -> None:
+    """An agent's token bucket is the gateway's, not a worker's: with its calls spread over two
+    workers it still gets ``burst`` calls at once, not twice that."""
+    burst = 10
+    policy = write_tenant_policy(tmp_path / "policy", "acme", [{"host": "127.0.0.1", "methods": ["GET"]}])
+    gw = start_gateway(tmp_path / "gw", policy_paths=[policy], up_args=["--workers", "2"],
+                       extra_config=f"\n[limits]\nrequests_per_second = 0.2\nburst = {burst}\n")
+    try:
+        workers = gw.listeners["workers"]
+        gw.create_agent("bot", "acme", ["read"])
+        basic = "Basic " + base64.b64encode(f"agent:{gw.mint('bot', ttl=600)}".encode()).decode()
+        statuses: dict[int, list[int]] = {gw.process.pid: [], workers[0]: []}
+        for _ in range(40):  # a new connection each, so the kernel spreads them over both workers
+            connection = http.client.HTTPConnection(*gw.listeners["proxy"].rsplit(":", 1), timeout=10)
+            connection.request("GET", f"{upstream.http_url}/w", headers={"Proxy-Authorization": basic})
+            response = connection.getresponse()
+            response.read()
+            owner = owner_of(connection.sock.getsockname()[1], list(statuses))
+            assert owner is not None
+            statuses[owner].append(response.status)
+            connection.close()
+        assert all(statuses.values()), "the kernel gave both processes connections"
+        allowed = sum(status == 200 for served in statuses.values() for status in served)
+        refused = sum(status == 429 for served in statuses.values() for status in served)
+        # 40 calls within a few seconds at 0.2/s: the burst, and at most a token or two that came back.
+        assert burst <= allowed <= burst + 2 and allowed + refused == 40, statuses
+    finally:
+        gw.stop()
