@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import subprocess
 import threading
 import queue
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .audit_keys import CheckpointSigner
+from .audit_spool import append_fsynced
 
 log = logging.getLogger("wardgate.audit")
 
@@ -108,12 +108,7 @@ class CheckpointSink:
         if self.file is not None:
             try:
                 self.file.parent.mkdir(parents=True, exist_ok=True)
-                fd = os.open(self.file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-                try:
-                    os.write(fd, line)
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+                append_fsynced(self.file, line)
             except OSError as exc:
                 log.error("audit checkpoint sink file %s not written: %s", self.file, exc.strerror)
         if self._command:

@@ -26,6 +26,16 @@ if TYPE_CHECKING:
     from .audit import AuditRecord
 
 
+def append_fsynced(path: Path, data: bytes) -> None:
+    """Append ``data`` to ``path`` (0600 if new) and fsync it before returning; OSError if not."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class Spool:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -51,12 +61,7 @@ class Spool:
         """Durably append ``records``; raises OSError when even the spool cannot be written."""
         data = b"".join(json.dumps(asdict(r), sort_keys=True).encode() + b"\n" for r in records)
         with self.locked():
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            try:
-                os.write(fd, data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            append_fsynced(self.path, data)
 
     def read(self) -> list["AuditRecord"]:
         from .audit import AuditRecord
