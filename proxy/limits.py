@@ -32,7 +32,7 @@ from wardgate.gateway.settings import LimitsSettings
 
 from .call import KEY, call_of
 from .framing import BODY_LIMIT_MESSAGE, BODY_TIMEOUT_MESSAGE, BodyLate, HeadGuard
-from .rate_buckets import AgentKey, LocalBuckets, SharedBuckets
+from .agent_counts import AgentKey, LocalCounts, SharedCounts
 from .refusals import refuse
 
 log = logging.getLogger("wardgate.proxy")
@@ -40,16 +40,15 @@ log = logging.getLogger("wardgate.proxy")
 
 class Limits:
     def __init__(self, settings: LimitsSettings, heads: HeadGuard, audit: AuditLog, audit_timeout: float,
-                 tick: float = 0.25, buckets: LocalBuckets | SharedBuckets | None = None) -> None:
+                 tick: float = 0.25, counts: LocalCounts | SharedCounts | None = None) -> None:
         self._settings = settings
         self._heads = heads
         self._audit = audit
         self._audit_timeout = audit_timeout
         self._tick = tick
-        # The gateway's workers share theirs (proxy/rate_buckets.py); one process keeps its own.
-        self._buckets = buckets if buckets is not None else LocalBuckets(settings.requests_per_second, settings.burst)
-        self._tunnels: dict[AgentKey, set[str]] = {}
-        self._tunnel_owner: dict[str, AgentKey] = {}
+        # Request buckets and tunnel counts: the gateway's workers share theirs (proxy/agent_counts.py).
+        self._counts = counts if counts is not None else LocalCounts(settings.requests_per_second, settings.burst)
+        self._tunnel_owner: dict[str, AgentKey] = {}  # client id → the agent whose tunnel it is
         self._waiting: dict[str, float] = {}  # client id → since when it waits for its next request
         # client id → (since when, flow) for a request whose head was read and whose body is still arriving
         self._bodies: dict[str, tuple[float, http.HTTPFlow]] = {}
@@ -71,13 +70,13 @@ class Limits:
         if flow.response is not None or principal is None:
             return
         key = (principal.tenant, principal.agent)
-        open_tunnels = self._tunnels.setdefault(key, set())
-        if len(open_tunnels) >= self._settings.max_tunnels_per_agent:
-            error = TooManyRequests(f"agent has {len(open_tunnels)} tunnels open, the limit", code="too_many_tunnels")
-            await self._too_many(flow, error, 1)
-            return
-        open_tunnels.add(flow.client_conn.id)
-        self._tunnel_owner[flow.client_conn.id] = key
+        if flow.client_conn.id not in self._tunnel_owner:  # a connection counts as one tunnel
+            held = self._counts.open_tunnel(key, self._settings.max_tunnels_per_agent)
+            if held is not None:
+                error = TooManyRequests(f"agent has {held} tunnels open, the limit", code="too_many_tunnels")
+                await self._too_many(flow, error, 1)
+                return
+            self._tunnel_owner[flow.client_conn.id] = key
         self._waiting[flow.client_conn.id] = time.monotonic()
 
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
@@ -87,7 +86,7 @@ class Limits:
         principal = call_of(flow).principal
         if flow.response is not None or principal is None:
             return
-        wait = self._buckets.take((principal.tenant, principal.agent), time.monotonic())
+        wait = self._counts.take((principal.tenant, principal.agent), time.monotonic())
         if wait > 0:
             error = TooManyRequests(f"agent exceeds {self._settings.requests_per_second:g} requests per second")
             await self._too_many(flow, error, wait)
@@ -143,11 +142,7 @@ class Limits:
         self._heads.head_started.pop(client.id, None)
         key = self._tunnel_owner.pop(client.id, None)
         if key is not None:
-            owned = self._tunnels.get(key)
-            if owned is not None:
-                owned.discard(client.id)
-                if not owned:
-                    del self._tunnels[key]
+            self._counts.close_tunnel(key)
 
     # -- watchdog ---------------------------------------------------------------------------
 

@@ -37,6 +37,7 @@ from wardgate.gateway.settings import Settings
 from yarl import URL
 
 from . import inline_hooks, protocol_errors, stages, upstream_timeout, websocket_frames, websocket_limits
+from .agent_counts import SharedCounts
 from .approval import ApprovalGate
 from .audit_trail import AuditTrail
 from .auth import ProxyAuth
@@ -51,7 +52,6 @@ from .idempotency import Idempotency
 from .intent import IntentRecord
 from .limits import Limits
 from .mcp import McpGateway
-from .rate_buckets import SharedBuckets
 from .trace import TraceContext
 from .upstream_timeout import ConnectTimeout, UpstreamTimeout
 from .workers import WorkerOf, listen_with_reuse_port, run_workers
@@ -235,15 +235,15 @@ async def serve(
         idempotency = Idempotency(idempotency_store, settings.idempotency, audit, timeout)
         heads = HeadGuard(settings.limits.max_header_bytes, settings.limits.max_headers, settings.limits.max_body_bytes)
         heads.install()
-        buckets: SharedBuckets | None = None
-        if workers > 1:  # every worker takes an agent's tokens from the same bucket
-            buckets = SharedBuckets.create(settings.run_dir / "rate-buckets", settings.limits.requests_per_second,
-                                           settings.limits.burst)
+        counts: SharedCounts | None = None
+        rate, burst = settings.limits.requests_per_second, settings.limits.burst
+        if workers > 1:  # every worker counts an agent's requests and tunnels in the same table
+            counts = SharedCounts.create(settings.run_dir / "agent-counts", rate, burst, workers)
         elif worker_of is not None:
-            buckets = SharedBuckets.open(Path(worker_of.buckets), settings.limits.requests_per_second, settings.limits.burst)
-        if buckets is not None:
-            stack.callback(buckets.close)
-        limits = Limits(settings.limits, heads, audit, timeout, buckets=buckets)
+            counts = SharedCounts.open(Path(worker_of.counts), rate, burst, worker_of.workers, worker_of.index)
+        if counts is not None:
+            stack.callback(counts.close)
+        limits = Limits(settings.limits, heads, audit, timeout, counts=counts)
         upstream_timeout.install()
         websocket_frames.install()  # a scrubbed text message is re-framed between characters
         websocket_limits.install(settings.limits.max_websocket_message_bytes)  # one message's size, either way
@@ -331,9 +331,11 @@ async def serve(
             if worker_of is None:
                 if workers > 1:
                     assert isinstance(audit, AuditProcess) and audit.listen_path is not None
-                    assert buckets is not None
-                    of = WorkerOf(listeners.proxy, opa_url, admin_addr, echo_addr, audit.listen_path, str(buckets.path))
-                    listeners.workers = await stack.enter_async_context(run_workers(workers - 1, of, audit.stop_timeout))
+                    assert counts is not None
+                    of = WorkerOf(listeners.proxy, opa_url, admin_addr, echo_addr, audit.listen_path, str(counts.path),
+                                  workers)
+                    listeners.workers = await stack.enter_async_context(
+                        run_workers(workers - 1, of, audit.stop_timeout, on_exit=counts.forget))
                 write_listeners(settings.run_dir / "listeners.json", listeners)
             on_ready(listeners)
 

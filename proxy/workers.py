@@ -3,11 +3,12 @@
 The first process is the whole gateway (admin API, managed OPA, demo echo) and also a proxy worker;
 it starts N-1 more processes that run only the proxy, on the same address, against the same OPA and
 the same state under ``home`` (agents, revocations, vault, idempotency, approvals), the same
-per-agent rate-limit buckets (proxy/rate_buckets.py), and the same audit writer process: each worker sends its records to the first process's writer over a Unix
-socket in the private run folder, so all of them share one hash chain and one group commit. The
-kernel spreads new client connections over the listening sockets; a connection stays with the
-worker that accepted it, so the per-connection state (the identity a CONNECT tunnel proved) stays
-where it was proven.
+per-agent request buckets and tunnel counts (proxy/agent_counts.py), and the same audit writer
+process: each worker sends its records to the first process's writer over a Unix socket in the
+private run folder, so all of them share one hash chain and one group commit. The kernel spreads
+new client connections over the listening sockets; a connection stays with the worker that
+accepted it, so the per-connection state (the identity a CONNECT tunnel proved) stays where it was
+proven. A worker that dies is not restarted; its tunnels' counts are released (``on_exit``).
 
 mitmproxy has no option for SO_REUSEPORT, so ``listen_with_reuse_port`` replaces the regular-mode
 server's ``listen`` in this process only; it is called only when ``--workers`` is above 1.
@@ -22,8 +23,8 @@ import logging
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator
-from dataclasses import asdict, dataclass
+from collections.abc import AsyncIterator, Callable
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from mitmproxy.proxy.mode_servers import RegularInstance
@@ -41,7 +42,9 @@ class WorkerOf:
     admin: str  # the admin API, which the proxy must never reach
     echo: str | None  # the demo echo service, which the proxy may reach
     audit: str  # the first process's audit writer socket (gateway/audit_process.AuditLink)
-    buckets: str  # the rate-limit buckets every worker shares (proxy/rate_buckets.SharedBuckets)
+    counts: str  # the per-agent counts every worker shares (proxy/agent_counts.SharedCounts)
+    workers: int  # how many proxy processes, the first one included
+    index: int = 0  # this worker's place among them (the first process is 0)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -79,23 +82,31 @@ def worker_argv() -> list[str]:
 
 
 @contextlib.asynccontextmanager
-async def run_workers(count: int, of: WorkerOf, drain: float) -> AsyncIterator[list[int]]:
+async def run_workers(count: int, of: WorkerOf, drain: float,
+                      on_exit: Callable[[int], None]) -> AsyncIterator[list[int]]:
     """Start ``count`` proxy-only workers; stop them (SIGTERM, then kill) when the block ends.
 
     ``drain``: how long a worker may take to hand its last audit records over (AuditLink.stop);
-    it gets that and ten seconds more before it is killed."""
+    it gets that and ten seconds more before it is killed. ``on_exit(index)`` runs when a worker
+    exits before that."""
     processes = [
-        await asyncio.create_subprocess_exec(*worker_argv(), "--worker-of", of.to_json(), stdout=asyncio.subprocess.PIPE)
-        for _ in range(count)
+        await asyncio.create_subprocess_exec(*worker_argv(), "--worker-of", replace(of, index=index).to_json(),
+                                             stdout=asyncio.subprocess.PIPE)
+        for index in range(1, count + 1)
     ]
+    watchers: list[asyncio.Task[None]] = []
     try:
         for process in processes:  # each says "ready" once it accepts on the shared port
             assert process.stdout is not None
             line = await asyncio.wait_for(process.stdout.readline(), READY_TIMEOUT)
             if line.strip() != b"ready":
                 raise RuntimeError(f"proxy worker {process.pid} did not start (exit {process.returncode})")
+        watchers = [asyncio.create_task(_watch(process, index, on_exit), name=f"worker-{index}")
+                    for index, process in enumerate(processes, start=1)]
         yield [p.pid for p in processes]
     finally:
+        for watcher in watchers:
+            watcher.cancel()
         for process in processes:
             if process.returncode is None:
                 process.send_signal(signal.SIGTERM)
@@ -105,3 +116,10 @@ async def run_workers(count: int, of: WorkerOf, drain: float) -> AsyncIterator[l
             except TimeoutError:
                 process.kill()
                 await process.wait()
+
+
+async def _watch(process: asyncio.subprocess.Process, index: int, on_exit: Callable[[int], None]) -> None:
+    code = await process.wait()
+    log.error("proxy worker %s (pid %s) exited (%s); it is not restarted, its tunnels are released",
+              index, process.pid, code)
+    on_exit(index)

@@ -7,7 +7,10 @@ from __future__ import annotations
 import base64
 import http.client
 import os
+import signal
+import socket
 import sqlite3
+import time
 from pathlib import Path
 
 import requests
@@ -110,4 +113,72 @@ def test_two_workers_share_an_agents_rate_limit(tmp_path: Path, upstream: Upstre
         # 40 calls within a few seconds at 0.2/s: the burst, and at most a token or two that came back.
         assert burst <= allowed <= burst + 2 and allowed + refused == 40, statuses
     finally:
+        gw.stop()
+
+
+def test_two_workers_share_an_agents_tunnel_limit_and_a_dead_workers_tunnels_are_released(
+        tmp_path: Path, upstream: Upstream) -> None:
+    limit = 4
+    policy = write_tenant_policy(tmp_path / "policy", "acme", [{"host": "localhost", "methods": ["GET"]}])
+    gw = start_gateway(tmp_path / "gw", policy_paths=[policy], up_args=["--workers", "2"],
+                       extra_config=f"\n[limits]\nmax_tunnels_per_agent = {limit}\n")
+    held: dict[socket.socket, int] = {}  # open tunnel -> the process that holds it
+    try:
+        worker = gw.listeners["workers"][0]
+        gw.create_agent("bot", "acme", ["read"])
+        basic = "Basic " + base64.b64encode(f"agent:{gw.mint('bot', ttl=600)}".encode()).decode()
+        target = f"localhost:{upstream.https_port}"
+
+        def tunnel() -> tuple[socket.socket, bytes, int | None]:
+            sock = socket.create_connection(("127.0.0.1", int(gw.listeners["proxy"].rsplit(":", 1)[1])), timeout=10)
+            sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nProxy-Authorization: {basic}\r\n\r\n".encode())
+            answer = sock.recv(4096)
+            return sock, answer, owner_of(sock.getsockname()[1], [gw.process.pid, worker])
+
+        refused = 0
+        for _ in range(60):  # until the limit is held with at least one tunnel in each process
+            sock, answer, owner = tunnel()
+            if answer.startswith(b"HTTP/1.1 200"):
+                assert owner is not None
+                held[sock] = owner
+            else:
+                assert answer.startswith(b"HTTP/1.1 429") and b"too_many_tunnels" in answer, answer[:200]
+                refused += 1
+                sock.close()
+                if len(set(held.values())) < 2:  # all in one process: give one back, try again
+                    first = next(s for s, o in held.items() if o == next(iter(held.values())))
+                    first.close()
+                    del held[first]
+                    time.sleep(0.2)
+            if len(held) == limit and len(set(held.values())) == 2:
+                break
+        assert len(held) == limit and set(held.values()) == {gw.process.pid, worker}, held
+        sock, answer, _ = tunnel()
+        sock.close()
+        assert answer.startswith(b"HTTP/1.1 429"), "the limit holds across both workers"
+        on_worker = sum(owner == worker for owner in held.values())
+        os.kill(worker, signal.SIGKILL)  # its tunnels die with it, and the gateway gives their count back
+        for sock in [s for s, o in held.items() if o == worker]:
+            sock.close()
+            del held[sock]
+        deadline = time.monotonic() + 10
+        again: list[socket.socket] = []
+        while len(again) < on_worker and time.monotonic() < deadline:
+            try:
+                sock, answer, _ = tunnel()
+            except ConnectionResetError:  # accepted by the dying worker just before it went
+                continue
+            if answer.startswith(b"HTTP/1.1 200"):
+                again.append(sock)
+            else:
+                sock.close()
+                time.sleep(0.1)
+        held.update({sock: gw.process.pid for sock in again})
+        assert len(again) == on_worker, "the dead worker's tunnels were released"
+        sock, answer, _ = tunnel()
+        sock.close()
+        assert answer.startswith(b"HTTP/1.1 429"), "and no more than those"
+    finally:
+        for sock in held:
+            sock.close()
         gw.stop()
