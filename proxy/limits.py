@@ -30,9 +30,9 @@ from wardgate.gateway.audit_writer import AuditLog
 from wardgate.gateway.errors import TooManyRequests, WardgateError
 from wardgate.gateway.settings import LimitsSettings
 
+from .agent_counts import AgentKey, LocalCounts, SharedCounts
 from .call import KEY, call_of
 from .framing import BODY_LIMIT_MESSAGE, BODY_TIMEOUT_MESSAGE, BodyLate, HeadGuard
-from .agent_counts import AgentKey, LocalCounts, SharedCounts
 from .refusals import refuse
 
 log = logging.getLogger("wardgate.proxy")
