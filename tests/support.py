@@ -249,14 +249,9 @@ class Gateway:
         """The gateway's audit writer process (gateway/audit_child.py), once it runs."""
         deadline = time.monotonic() + timeout
         while True:
-            for entry in Path("/proc").iterdir():
-                try:
-                    parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-                    command = (entry / "cmdline").read_bytes()
-                except (OSError, ValueError, IndexError):
-                    continue
-                if parent == self.process.pid and b"wardgate.gateway.audit_child" in command:
-                    return int(entry.name)
+            found = audit_writer_pids(self.process.pid)
+            if found:
+                return found[0]
             assert time.monotonic() < deadline, "the gateway has no audit writer process"
             time.sleep(0.05)
 
@@ -271,6 +266,19 @@ class Gateway:
 
 
 LOOPBACK_RANGES = ["127.0.0.0/8", "::1/128"]
+
+
+def audit_writer_pids(parent: int) -> list[int]:
+    """The audit writer processes (gateway/audit_child.py) that process ``parent`` started."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == parent and \
+                    b"wardgate.gateway.audit_child" in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 20.0) -> bool:

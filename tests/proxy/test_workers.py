@@ -15,7 +15,7 @@ from pathlib import Path
 
 import requests
 
-from support import Upstream, start_gateway, write_tenant_policy
+from support import Upstream, audit_writer_pids, start_gateway, write_tenant_policy
 
 
 def owner_of(client_port: int, pids: list[int]) -> int | None:
@@ -33,19 +33,6 @@ def owner_of(client_port: int, pids: list[int]) -> int | None:
                 except OSError:
                     continue
     return None
-
-
-def writer_processes(parent: int) -> list[int]:
-    """The audit writer processes (gateway/audit_child.py) ``parent`` started."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == parent and \
-                    b"wardgate.gateway.audit_child" in (entry / "cmdline").read_bytes():
-                found.append(int(entry.name))
-        except (OSError, ValueError, IndexError):
-            continue
-    return found
 
 
 def test_two_workers_share_the_port_and_the_state(tmp_path: Path, upstream: Upstream) -> None:
@@ -79,7 +66,7 @@ def test_two_workers_share_the_port_and_the_state(tmp_path: Path, upstream: Upst
         with sqlite3.connect(gw.settings.audit_db) as conn:
             writers = {row[0] for row in conn.execute("SELECT DISTINCT writer FROM audit_records")}
         assert len(writers) == 1, "both workers' records went to the gateway's one writer: one chain"
-        assert len(writer_processes(gw.process.pid)) == 1 and not writer_processes(workers[0])
+        assert len(audit_writer_pids(gw.process.pid)) == 1 and not audit_writer_pids(workers[0])
     finally:
         gw.stop()
     assert all(not os.path.exists(f"/proc/{pid}") or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
