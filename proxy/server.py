@@ -333,7 +333,7 @@ async def serve(
                     assert isinstance(audit, AuditProcess) and audit.listen_path is not None
                     assert counts is not None
                     of = WorkerOf(listeners.proxy, opa_url, admin_addr, echo_addr, audit.listen_path, str(counts.path),
-                                  workers)
+                                  workers, os.getpid())
                     listeners.workers = await stack.enter_async_context(
                         run_workers(workers - 1, of, audit.stop_timeout, on_exit=counts.forget))
                 write_listeners(settings.run_dir / "listeners.json", listeners)

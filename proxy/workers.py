@@ -8,7 +8,8 @@ process: each worker sends its records to the first process's writer over a Unix
 private run folder, so all of them share one hash chain and one group commit. The kernel spreads
 new client connections over the listening sockets; a connection stays with the worker that
 accepted it, so the per-connection state (the identity a CONNECT tunnel proved) stays where it was
-proven. A worker that dies is not restarted; its tunnels' counts are released (``on_exit``).
+proven. A worker that dies is not restarted; its tunnels' counts are released (``on_exit``). A
+worker never outlives the first process (``die_with_parent``).
 
 mitmproxy has no option for SO_REUSEPORT, so ``listen_with_reuse_port`` replaces the regular-mode
 server's ``listen`` in this process only; it is called only when ``--workers`` is above 1.
@@ -18,8 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import json
 import logging
+import os
 import signal
 import socket
 import sys
@@ -30,6 +33,7 @@ from typing import Any
 from mitmproxy.proxy.mode_servers import RegularInstance
 
 log = logging.getLogger("wardgate.proxy")
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 READY_TIMEOUT = 60.0
 
 
@@ -44,6 +48,7 @@ class WorkerOf:
     audit: str  # the first process's audit writer socket (gateway/audit_process.AuditLink)
     counts: str  # the per-agent counts every worker shares (proxy/agent_counts.SharedCounts)
     workers: int  # how many proxy processes, the first one included
+    parent: int  # the first process: a worker does not outlive it (die_with_parent)
     index: int = 0  # this worker's place among them (the first process is 0)
 
     def to_json(self) -> str:
@@ -66,6 +71,18 @@ def listen_with_reuse_port() -> None:
         return [await asyncio.start_server(self.handle_stream, sock=sock, backlog=1024)]
 
     RegularInstance.listen = listen  # type: ignore[method-assign]
+
+
+def die_with_parent(parent: int) -> None:
+    """Have the kernel send this worker SIGTERM when the first process dies, however it dies.
+
+    A gateway killed with -9 must not leave workers behind: they would keep its port (a new gateway
+    shares it through SO_REUSEPORT) and refuse every call they are given, their audit writer gone."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != parent:  # it died before the kernel was told
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def worker_argv() -> list[str]:

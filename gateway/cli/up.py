@@ -112,9 +112,10 @@ def run_optimised() -> None:
 def run_worker(cli: CliContext, overrides: dict[str, object], worker_of: str, log_level: str) -> None:
     """A proxy-only worker: the first process's listen address and OPA, the same home and config."""
     from wardgate.proxy.server import serve
-    from wardgate.proxy.workers import WorkerOf
+    from wardgate.proxy.workers import WorkerOf, die_with_parent
 
     of = WorkerOf.from_json(worker_of)
+    die_with_parent(of.parent)
     overrides.update(proxy_listen=of.proxy, opa={"mode": "external", "url": of.opa})
     settings = cli.settings(**overrides)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -169,3 +169,32 @@ def test_two_workers_share_an_agents_tunnel_limit_and_a_dead_workers_tunnels_are
         for sock in held:
             sock.close()
         gw.stop()
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_workers_never_outlive_the_gateway(tmp_path: Path) -> None:
+    """kill -9 of the first process: its worker goes too, rather than keep the port and refuse
+    every call it is given (its audit writer went with the gateway)."""
+    policy = write_tenant_policy(tmp_path / "policy", "acme", [{"host": "127.0.0.1", "methods": ["GET"]}])
+    gw = start_gateway(tmp_path / "gw", policy_paths=[policy], up_args=["--workers", "2"])
+    worker = gw.listeners["workers"][0]
+    opa = gw.listeners.get("opa_pid")
+    try:
+        assert alive(worker)
+        gw.process.send_signal(signal.SIGKILL)
+        gw.process.wait(10)
+        deadline = time.monotonic() + 20
+        while alive(worker) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not alive(worker), "the worker outlived its gateway"
+    finally:
+        gw.stop()
+        for pid in (worker, opa):  # the managed OPA outlives a SIGKILLed parent
+            if pid and alive(pid):
+                os.kill(pid, signal.SIGKILL)
