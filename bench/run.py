@@ -38,7 +38,7 @@ BENCH = REPO / "bench"
 RESULTS = BENCH / "results"
 sys.path[:0] = [str(REPO / "tests")]
 
-from support import free_port, start_gateway, write_tenant_policy  # noqa: E402
+from support import audit_writer_pids, free_port, start_gateway, write_tenant_policy  # noqa: E402
 from wardgate.gateway.audit import AuditQuery, query_records  # noqa: E402
 from wardgate.gateway.vault import KeySource, Vault  # noqa: E402
 
@@ -85,21 +85,6 @@ def private_mb(pid: int) -> float:
         if line.startswith(("Private_Clean:", "Private_Dirty:")):
             total += int(line.split()[1])
     return total / 1024
-
-
-def writer_pids(pids: list[int]) -> list[int]:
-    """The audit writer processes (gateway/audit_child.py) of the proxy processes ``pids``."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                parent = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
-                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-            except OSError:
-                continue
-            if parent in pids and b"wardgate.gateway.audit_child" in cmdline:
-                found.append(int(entry))
-    return found
 
 
 @dataclass
@@ -428,7 +413,7 @@ def workers_check(root: Path, upstream_ca: Path, ports: dict[str, int], duration
         for workers in (1, 2):
             result, gw = last[workers], started[workers - 1][1]
             proxies = worker_pids(gw.process.pid)  # type: ignore[attr-defined]
-            writers = writer_pids(proxies)
+            writers = [writer for proxy in proxies for writer in audit_writer_pids(proxy)]
             lines.append(f"{workers} worker(s), HTTPS, 64 keep-alive tunnels (last round): {result['rps']:.0f} req/s, "
                          f"CPU {result['cpu_ms_per_req']:.2f} ms/req (all processes), "
                          f"RSS per proxy process {', '.join(f'{rss_mb(p):.0f} MB' for p in proxies)} (goal < 150 MB); "
