@@ -116,6 +116,11 @@ def writer_from_config(config: dict[str, Any], on_settled: Callable[[list[str], 
                        busy_timeout=config["busy_timeout"], on_settled=on_settled)
 
 
+def writer_counts(audit: AuditWriter) -> tuple[int, int, int, int]:
+    """The counters every report carries: committed, batches, spooled, lost."""
+    return audit.committed, audit.batches, audit.spooled, audit.lost
+
+
 class _Peer:
     """One connection to the writer: the gateway's own socket pair, or a proxy worker's.
 
@@ -262,8 +267,7 @@ class SocketInbox:
         sock.setblocking(False)
         peer = _Peer(sock, FrameReader(), primary=False)
         self._peers[sock.fileno()] = peer
-        audit = self._audit
-        peer.send(frame(("ready", audit.writer_id, (audit.committed, audit.batches, audit.spooled, audit.lost))))
+        peer.send(frame(("ready", self._audit.writer_id, writer_counts(self._audit))))
 
     def _absorb(self, peer: _Peer, messages: list[tuple[Any, ...]]) -> None:
         outcomes = False
@@ -296,8 +300,7 @@ class _Reporter:
         self.inbox: SocketInbox | None = None
 
     def counts(self) -> tuple[int, int, int, int]:
-        audit = self.audit
-        return (audit.committed, audit.batches, audit.spooled, audit.lost) if audit else (0, 0, 0, 0)
+        return writer_counts(self.audit) if self.audit else (0, 0, 0, 0)
 
     def settled(self, ok: list[str], failed: list[str]) -> None:
         if self.inbox is not None:

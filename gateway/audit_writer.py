@@ -62,7 +62,7 @@ class Inbox(Protocol):
 
 class AuditLog(Protocol):
     """What the proxy and the admin API use of an audit writer: AuditWriter (a thread) or, in the
-    gateway, AuditProcess (a process of its own, audit_process)."""
+    gateway, AuditProcess (a process of its own) and, in its workers, AuditLink (audit_process)."""
 
     metrics: Metrics
 
