@@ -85,7 +85,6 @@ class _WriterClient:
         self._link: _Link | None = None  # the connection to the current writer, from its start
         self._greeting: asyncio.Future[tuple[Any, ...]] | None = None
         self._supervisor: asyncio.Task[None] | None = None
-        self._stopping = False
         self._counts = (0, 0, 0, 0)  # committed, batches, spooled, lost: the current writer's
         self._earlier = [0, 0, 0]  # committed, batches, lost by writers before it
         self.writer_id = ""
@@ -98,7 +97,6 @@ class _WriterClient:
         self._supervisor = asyncio.create_task(self._supervise(), name="audit-writer-supervisor")
 
     async def _stop_supervisor(self) -> None:
-        self._stopping = True
         if self._supervisor is not None:
             self._supervisor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -281,9 +279,13 @@ class _WriterClient:
             assert link.transport is not None
             link.transport.close()
             self.disconnected()
-        committed, batches, _, lost = self._counts
-        self._earlier = [self._earlier[0] + committed, self._earlier[1] + batches, self._earlier[2] + lost]
+        self._fold(self._counts)
         self._counts = (0, 0, 0, 0)
+
+    def _fold(self, counts: tuple[int, int, int, int]) -> None:
+        """Add an ended writer's counters to those of the writers before it."""
+        committed, batches, _, lost = counts
+        self._earlier = [self._earlier[0] + committed, self._earlier[1] + batches, self._earlier[2] + lost]
 
 
 class AuditProcess(_WriterClient):
@@ -426,9 +428,9 @@ class AuditLink(_WriterClient):
     def _went_down(self) -> None:
         self._down.set()
 
-    def _lost_writer(self) -> None:
-        super()._lost_writer()
-        self._earlier = [0, 0, 0]  # the shared writer's counters are every worker's: not this one's to add up
+    def _fold(self, counts: tuple[int, int, int, int]) -> None:
+        """Nothing: the shared writer's counters are every worker's, not this one's to add up (what
+        this process lost itself stays counted)."""
 
     async def _connect(self) -> None:
         loop = asyncio.get_running_loop()
