@@ -8,6 +8,14 @@ and serves undefined decisions until the file is fixed. Instead :meth:`ManagedOp
 a second OPA on the files as they are now; only once it is healthy does it take over (the
 policy client is pointed at it and the old one stops after in-flight queries had their time).
 A policy that does not compile never gets past the new process, and the old one keeps serving.
+
+OPA's Go runtime gets one thread per proxy worker (:func:`opa_environment`) unless told otherwise.
+At low load the gateway's queries come one at a time with idle gaps, and on each wake-up Go's
+scheduler also spins up the other threads it may use, looking for work. Behind one worker at one
+connection OPA spent 1.07 ms of CPU per decision with 1 thread against 1.32 ms with 2 (medians of 6
+interleaved runs; no change at 8 connections; docs/benchmarks.md). One worker's event loop is one
+core and OPA's work per decision is a fraction of the proxy's per call, so a thread per worker
+keeps up.
 """
 
 from __future__ import annotations
@@ -15,8 +23,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import shutil
 import socket
+from collections.abc import Mapping
 from pathlib import Path
 
 import aiohttp
@@ -54,6 +64,17 @@ def opa_command(binary: str, port: int, paths: list[Path]) -> list[str]:
     ]
 
 
+def opa_environment(threads: int | None, workers: int, environ: Mapping[str, str]) -> dict[str, str]:
+    """The managed OPA's environment: ``environ`` with GOMAXPROCS set to ``threads`` if given, else
+    kept if ``environ`` has it, else one per proxy worker and at most one per CPU."""
+    env = dict(environ)
+    if threads is not None:
+        env["GOMAXPROCS"] = str(threads)
+    elif "GOMAXPROCS" not in env:
+        env["GOMAXPROCS"] = str(max(1, min(workers, os.cpu_count() or 1)))
+    return env
+
+
 async def wait_healthy(url: str, deadline: float) -> None:
     loop = asyncio.get_running_loop()
     end = loop.time() + deadline
@@ -71,8 +92,9 @@ async def wait_healthy(url: str, deadline: float) -> None:
 class ManagedOpa:
     """Owns one OPA child. ``url`` is stable across restarts (same port)."""
 
-    def __init__(self, settings: OpaSettings, log_file: Path) -> None:
+    def __init__(self, settings: OpaSettings, log_file: Path, workers: int = 1) -> None:
         self._settings = settings
+        self._environment = opa_environment(settings.threads, workers, os.environ)
         self._binary = find_opa(settings.binary)
         for path in settings.paths:
             if not path.exists():
@@ -108,6 +130,7 @@ class ManagedOpa:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log_handle,
                 stderr=log_handle,
+                env=self._environment,
             )
 
     async def replace(self, grace: float) -> str:

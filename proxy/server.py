@@ -147,7 +147,7 @@ async def serve(
         revoker = Revoker(revocation_store, audit, settings.audit.commit_timeout, revocations)
         managed: ManagedOpa | None = None
         if settings.opa.mode == "managed":
-            managed = ManagedOpa(settings.opa, settings.home / "logs" / "opa.log")
+            managed = ManagedOpa(settings.opa, settings.home / "logs" / "opa.log", workers)
             await managed.start()
             stack.push_async_callback(managed.stop)
             opa_url = managed.url

@@ -1,0 +1,45 @@
+"""The managed OPA's Go runtime threads: one per proxy worker unless the operator says otherwise."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from support import start_gateway
+from wardgate.gateway.opa_process import opa_environment
+
+
+def test_one_thread_per_worker_at_most_one_per_cpu() -> None:
+    assert opa_environment(None, 1, {})["GOMAXPROCS"] == "1"
+    assert opa_environment(None, 64, {})["GOMAXPROCS"] == str(min(64, os.cpu_count() or 1))
+
+
+def test_the_setting_wins_then_the_environment() -> None:
+    assert opa_environment(3, 1, {"GOMAXPROCS": "7"})["GOMAXPROCS"] == "3"
+    assert opa_environment(None, 1, {"GOMAXPROCS": "7"})["GOMAXPROCS"] == "7"
+
+
+def test_the_rest_of_the_environment_is_passed_on() -> None:
+    env = opa_environment(None, 1, {"PATH": "/bin", "HOME": "/home/op"})
+    assert env == {"PATH": "/bin", "HOME": "/home/op", "GOMAXPROCS": "1"}
+
+
+def opa_threads(pid: int) -> str | None:
+    for entry in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+        name, _, value = entry.partition(b"=")
+        if name == b"GOMAXPROCS":
+            return value.decode()
+    return None
+
+
+@pytest.mark.parametrize("threads", [None, 3])
+def test_the_running_opa_gets_its_threads(opa_binary: str, tmp_path: Path, threads: int | None) -> None:
+    env = {} if threads is None else {"WARDGATE_OPA__THREADS": str(threads)}
+    gw = start_gateway(tmp_path / "gw", env=env)
+    try:
+        expected = str(threads) if threads else os.environ.get("GOMAXPROCS", "1")
+        assert opa_threads(int(gw.listeners["opa_pid"])) == expected
+    finally:
+        gw.stop()
