@@ -81,6 +81,8 @@ class HookTable(AddonManager):
         if self.handlers("update"):
             return self.handle_lifecycle(event)
         handlers = self.handlers(event.name)
+        if not handlers:
+            return None
         args = event.args()
         for position, func in enumerate(handlers):
             try:

@@ -45,7 +45,7 @@ async def server_event(self: server.ConnectionHandler, event: events.Event) -> N
                 for command in self.layer.handle_event(queue.popleft()):
                     if isinstance(command, commands.StartHook):
                         rest = table.run_inline(command)
-                        data = command.args()[0] if rest is None else None
+                        data = getattr(command, "flow", None) if rest is None else None  # a flow hook's argument
                         if isinstance(data, flow.Flow) and data.intercepted:
                             rest = data.wait_for_resume()
                         if rest is None:

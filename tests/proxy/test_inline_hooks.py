@@ -138,3 +138,19 @@ def test_sync_hooks_run_on_the_connection_task(tmp_path: Path) -> None:
     assert where.seen["request"].startswith("handle_hook(request)"), where.seen
     for hook in ("requestheaders", "response"):
         assert not where.seen[hook].startswith(f"handle_hook({hook})"), where.seen
+
+
+def test_every_hook_that_carries_a_flow_names_it_flow() -> None:
+    """server_event finds an inline hook's flow (to honour an intercept) as ``command.flow``."""
+    import dataclasses
+
+    from mitmproxy import flow, hooks
+    from mitmproxy.proxy import server  # noqa: F401 - importing the server registers every layer's hooks
+
+    carrying = {
+        name: fields[0].name
+        for name, cls in hooks.all_hooks.items()
+        if (fields := dataclasses.fields(cls)) and isinstance(fields[0].type, type) and issubclass(fields[0].type, flow.Flow)
+    }
+    assert {"requestheaders", "request", "responseheaders", "response", "websocket_message", "tcp_message"} <= set(carrying)
+    assert set(carrying.values()) == {"flow"}, carrying
