@@ -48,6 +48,15 @@ STAGES = ["identity", "policy", "injection", "audit", "scrubbing"]
 TICK = os.sysconf("SC_CLK_TCK")
 
 
+def host_ticks() -> tuple[int, int]:
+    """(ticks stolen by the hypervisor, all ticks) summed over the CPUs, from /proc/stat.
+
+    On a virtual machine another guest can take the CPU this run was measuring on; the share it
+    took during a cell (``steal_pct``) says how far to trust that cell."""
+    fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return fields[7], sum(fields)  # user nice system idle iowait irq softirq steal
+
+
 def cpu_seconds(pid: int) -> float:
     """utime + stime of ``pid`` and all its descendants (children still running)."""
     children: dict[int, list[int]] = {}
@@ -110,9 +119,9 @@ def load(target: Target, url: str, concurrency: int, duration: float, warmup: fl
     stdout_line = output.stdout.readline()  # type: ignore[union-attr]
     assert stdout_line.strip() == "open", stdout_line
     time.sleep(warmup)
-    before = sum(cpu_seconds(p) for p in target.pids)
+    before, host_before = sum(cpu_seconds(p) for p in target.pids), host_ticks()
     time.sleep(duration)
-    after = sum(cpu_seconds(p) for p in target.pids)
+    after, host_after = sum(cpu_seconds(p) for p in target.pids), host_ticks()
     stdout, stderr = output.communicate(timeout=60)
     output.stdout, output.stderr = stdout, stderr  # type: ignore[assignment]
     if output.returncode != 0:
@@ -120,6 +129,7 @@ def load(target: Target, url: str, concurrency: int, duration: float, warmup: fl
     result = json.loads(output.stdout)
     answered = result["requests"]
     result["cpu_ms_per_req"] = (after - before) * 1000 / answered if target.pids and answered else None
+    result["steal_pct"] = 100 * (host_after[0] - host_before[0]) / max(1, host_after[1] - host_before[1])
     return result
 
 
@@ -242,15 +252,17 @@ def markdown(rows: list[dict[str, object]], extras: dict[str, object], meta: dic
         "",
         f"Run {meta['date']} on {meta['machine']}. Loopback, small JSON responses ({meta['body']} bytes), "
         f"{meta['duration']} s per cell after {meta['warmup']} s warm-up. Load from a separate process "
-        "(bench/loadgen.py, keep-alive). CPU = proxy process tree (wardgate: gateway + its OPA).",
+        "(bench/loadgen.py, keep-alive). CPU = proxy process tree (wardgate: gateway, its audit writer "
+        "and its OPA). Steal = share of the machine's CPU time the hypervisor gave to other guests during "
+        "the cell: the higher, the less a cell can be trusted.",
         "",
-        "| target | scheme | conns | req/s | median ms | p99 ms | CPU ms/req | errors |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| target | scheme | conns | req/s | median ms | p99 ms | CPU ms/req | errors | steal % |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {r['target']} | {r['scheme']} | {r['concurrency']} | {fmt(r['rps'], 0)} | {fmt(r['median_ms'], 2)} | "
-            f"{fmt(r['p99_ms'], 2)} | {fmt(r['cpu_ms_per_req'], 2)} | {r['errors']} |"
+            f"{fmt(r['p99_ms'], 2)} | {fmt(r['cpu_ms_per_req'], 2)} | {r['errors']} | {fmt(r.get('steal_pct'), 1)} |"
         )
     lines += ["", "## Goals from the table above (one pass per target)", ""]
     for line in extras.get("goals", []):  # type: ignore[union-attr]
@@ -364,6 +376,7 @@ def paired_goals(root: Path, upstream_ca: Path, ports: dict[str, int], urls: dic
     bare = start_mitmdump(root / "paired", str(upstream_ca))
     ours, gw = start_wardgate(root / "paired-wardgate", "wardgate (everything on)", upstream_ca, ports["https"], [])
     ratios: dict[str, list[float]] = {}
+    steals: list[float] = []
     try:
         for number in range(rounds):
             for scheme in schemes:
@@ -371,6 +384,7 @@ def paired_goals(root: Path, upstream_ca: Path, ports: dict[str, int], urls: dic
                     order = [bare, ours] if number % 2 == 0 else [ours, bare]
                     got = {t.name: load(t, urls[scheme], concurrency, duration, warmup) for t in order}
                     b, o = got[bare.name], got[ours.name]
+                    steals += [b["steal_pct"], o["steal_pct"]]  # type: ignore[list-item]
                     if concurrency == 1 and b["median_ms"] and o["median_ms"]:
                         key = f"{scheme} c=1 median latency"
                         ratios.setdefault(key, []).append(o["median_ms"] / b["median_ms"])  # type: ignore[operator]
@@ -388,6 +402,9 @@ def paired_goals(root: Path, upstream_ca: Path, ports: dict[str, int], urls: dic
         lines.append(f"{key}: wardgate = {middle:.2f}× bare mitmdump (median of {len(values)} rounds, range "
                      f"{min(values):.2f}–{max(values):.2f}; goal {'≤ 1.0×' if latency else '≥ 1.3×'}) "
                      f"{'MET' if met else 'NOT MET'}")
+    if steals:
+        lines.append(f"CPU time the hypervisor gave to other guests during these cells: median "
+                     f"{statistics.median(steals):.1f}%, at most {max(steals):.1f}%")
     return {"lines": lines, "ratios": ratios}
 
 
@@ -503,7 +520,8 @@ def main() -> None:
                             rows.append(row)
                             print(f"{name:28s} {scheme:5s} c={concurrency:<3d} {result['rps']:8.0f} req/s  "
                                   f"median {fmt(result['median_ms'], 2)} ms  p99 {fmt(result['p99_ms'], 2)} ms  "
-                                  f"cpu {fmt(result['cpu_ms_per_req'], 2)} ms/req  errors {result['errors']} "
+                                  f"cpu {fmt(result['cpu_ms_per_req'], 2)} ms/req  errors {result['errors']}  "
+                                  f"steal {fmt(result['steal_pct'], 1)}% "
                                   f"{result['first_error'] or ''}", flush=True)
                     if name == "wardgate (everything on)" and gw is not None:
                         extras["policy_latency"] = policy_latency(gw)
