@@ -281,6 +281,15 @@ def audit_writer_pids(parent: int) -> list[int]:
     return found
 
 
+def environment_of(pid: int, name: str) -> str | None:
+    """The value of ``name`` in the environment process ``pid`` was started with."""
+    for entry in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+        key, _, value = entry.partition(b"=")
+        if key == name.encode():
+            return value.decode()
+    return None
+
+
 def wait_until(predicate: Callable[[], bool], timeout: float = 20.0) -> bool:
     """True as soon as ``predicate()`` is, False if it still is not after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout

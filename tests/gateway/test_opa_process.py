@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from support import start_gateway
+from support import environment_of, start_gateway
 from wardgate.gateway.opa_process import opa_environment
 
 
@@ -26,20 +26,12 @@ def test_the_rest_of_the_environment_is_passed_on() -> None:
     assert env == {"PATH": "/bin", "HOME": "/home/op", "GOMAXPROCS": "1"}
 
 
-def opa_threads(pid: int) -> str | None:
-    for entry in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
-        name, _, value = entry.partition(b"=")
-        if name == b"GOMAXPROCS":
-            return value.decode()
-    return None
-
-
 @pytest.mark.parametrize("threads", [None, 3])
 def test_the_running_opa_gets_its_threads(opa_binary: str, tmp_path: Path, threads: int | None) -> None:
     env = {} if threads is None else {"WARDGATE_OPA__THREADS": str(threads)}
     gw = start_gateway(tmp_path / "gw", env=env)
     try:
         expected = str(threads) if threads else os.environ.get("GOMAXPROCS", "1")
-        assert opa_threads(int(gw.listeners["opa_pid"])) == expected
+        assert environment_of(int(gw.listeners["opa_pid"]), "GOMAXPROCS") == expected
     finally:
         gw.stop()

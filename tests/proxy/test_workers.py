@@ -15,7 +15,7 @@ from pathlib import Path
 
 import requests
 
-from support import Upstream, audit_writer_pids, start_gateway, write_tenant_policy
+from support import Upstream, audit_writer_pids, environment_of, start_gateway, write_tenant_policy
 
 
 def owner_of(client_port: int, pids: list[int]) -> int | None:
@@ -67,6 +67,8 @@ def test_two_workers_share_the_port_and_the_state(tmp_path: Path, upstream: Upst
             writers = {row[0] for row in conn.execute("SELECT DISTINCT writer FROM audit_records")}
         assert len(writers) == 1, "both workers' records went to the gateway's one writer: one chain"
         assert len(audit_writer_pids(gw.process.pid)) == 1 and not audit_writer_pids(workers[0])
+        threads = os.environ.get("GOMAXPROCS", str(min(2, os.cpu_count() or 1)))
+        assert environment_of(int(gw.listeners["opa_pid"]), "GOMAXPROCS") == threads, "one OPA thread per worker"
     finally:
         gw.stop()
     assert all(not os.path.exists(f"/proc/{pid}") or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
