@@ -71,8 +71,13 @@ def opa_environment(threads: int | None, workers: int, environ: Mapping[str, str
     if threads is not None:
         env["GOMAXPROCS"] = str(threads)
     elif "GOMAXPROCS" not in env:
-        env["GOMAXPROCS"] = str(max(1, min(workers, os.cpu_count() or 1)))
+        env["GOMAXPROCS"] = str(max(1, min(workers, usable_cpus())))
     return env
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask, which a cpuset or taskset narrows)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 async def wait_healthy(url: str, deadline: float) -> None:

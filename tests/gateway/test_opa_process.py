@@ -13,7 +13,7 @@ from wardgate.gateway.opa_process import opa_environment
 
 def test_one_thread_per_worker_at_most_one_per_cpu() -> None:
     assert opa_environment(None, 1, {})["GOMAXPROCS"] == "1"
-    assert opa_environment(None, 64, {})["GOMAXPROCS"] == str(min(64, os.cpu_count() or 1))
+    assert opa_environment(None, 64, {})["GOMAXPROCS"] == str(min(64, len(os.sched_getaffinity(0))))
 
 
 def test_the_setting_wins_then_the_environment() -> None:
