@@ -82,6 +82,13 @@ class LocalCounts:
         else:
             self._tunnels.pop(key, None)
 
+    def forget_quiet(self, now: float) -> None:
+        """Drop the buckets of agents quiet long enough to be full again: a new one is the same."""
+        refill = self._burst / self._rate
+        for key, bucket in list(self._buckets.items()):
+            if now - bucket.updated >= refill:
+                del self._buckets[key]
+
 
 class SharedCounts:
     """Counts in a file every worker maps; ``create`` makes it (the first process, worker 0),
@@ -149,6 +156,10 @@ class SharedCounts:
         with self._locked(slot):
             mine = self._count_at(slot, self._index)
             _COUNT.pack_into(self._map, mine, max(0, _COUNT.unpack_from(self._map, mine)[0] - 1))
+
+    def forget_quiet(self, now: float) -> None:
+        """The per-process overflow's quiet buckets go; slots in the file stay claimed (they are fixed)."""
+        self._overflow.forget_quiet(now)
 
     def forget(self, index: int) -> None:
         """Worker ``index`` is gone, and its tunnels with it: its counts go to zero."""

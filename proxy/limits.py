@@ -185,10 +185,7 @@ class Limits:
                 del self._bodies[client_id]
                 self._body_late(flow)
         # Buckets of agents that have been quiet long enough to be full again cost nothing to forget.
-        refill = self._settings.burst / self._settings.requests_per_second
-        for key, bucket in list(self._buckets.items()):
-            if now - bucket.updated > refill:
-                del self._buckets[key]
+        self._counts.forget_quiet(now)
 
     async def _watch_forever(self) -> None:
         while True:

@@ -9,6 +9,8 @@ import multiprocessing.synchronize
 import time
 from pathlib import Path
 
+import pytest
+
 from wardgate.proxy.agent_counts import LocalCounts, SharedCounts
 
 RATE, BURST = 0.001, 6000  # no token comes back during a test
@@ -58,6 +60,17 @@ def test_local_counts_refill_at_the_rate_and_count_tunnels() -> None:
     assert [counts.open_tunnel(("a", "b"), 2) for _ in range(3)] == [None, None, 2]
     counts.close_tunnel(("a", "b"))
     assert counts.open_tunnel(("a", "b"), 2) is None
+
+
+def test_only_buckets_full_again_are_forgotten() -> None:
+    counts = LocalCounts(2.0, 2)  # a bucket refills in 1 s
+    assert [counts.take(("a", "b"), 10.0) for _ in range(2)] == [0, 0]
+    assert counts.take(("c", "d"), 10.0) == 0
+    counts.forget_quiet(10.9)  # not full yet: forgetting it would hand the agent a full bucket early
+    assert [counts.take(("a", "b"), 10.9) for _ in range(2)] == [0, pytest.approx(0.1)]  # 1.8 tokens, not 2
+    counts.forget_quiet(11.5)  # ("a", "b") last counted at 10.9, ("c", "d") at 10.0: only the latter is full
+    assert set(counts._buckets) == {("a", "b")}  # the memory the sweep exists to give back
+    assert [counts.take(("c", "d"), 11.5) for _ in range(3)] == [0, 0, 0.5]
 
 
 def test_tunnels_are_counted_across_workers_and_a_dead_workers_are_released(tmp_path: Path) -> None:
