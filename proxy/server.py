@@ -11,6 +11,7 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -112,11 +113,25 @@ async def _start_site(app: web.Application, host: str, port: int) -> tuple[web.A
     return runner, f"{bound[0]}:{bound[1]}"
 
 
+def report_loop_errors(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """The loop's exception handler: everything as asyncio reports it, but a cancellation.
+
+    At a stop, asyncio cancels the task of every client connection still open, and Python 3.11's
+    ``StreamReaderProtocol`` then asks each cancelled task for its exception, which raises
+    CancelledError into this handler: one ERROR traceback per open keep-alive connection for a
+    clean stop. A cancellation is not an error; it is logged at debug level."""
+    if isinstance(context.get("exception"), asyncio.CancelledError):
+        log.debug("cancelled at stop: %s", context.get("message"))
+        return
+    loop.default_exception_handler(context)
+
+
 async def serve(
     settings: Settings, on_ready: Callable[[Listeners], None], workers: int = 1, worker_of: WorkerOf | None = None
 ) -> None:
     """The gateway; with ``workers`` > 1 it also starts that many minus one proxy-only workers
     (proxy/workers.py). A worker (``worker_of`` set) runs the proxy only: no admin API, no echo."""
+    asyncio.get_running_loop().set_exception_handler(report_loop_errors)
     settings.home.mkdir(parents=True, exist_ok=True, mode=0o700)
     settings.run_dir.mkdir(exist_ok=True, mode=0o700)
     keys = KeyRing.load(settings.keys_dir)
