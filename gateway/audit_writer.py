@@ -355,6 +355,21 @@ class AuditWriter:
         self.committed += len(records)
         self.batches += 1
 
+    def _insert_new(self, conn: SqliteWriterStore | PostgresWriterStore, records: list[AuditRecord]) -> None:
+        """``_insert``; if that fails, once more without the records already stored. A gateway sends
+        again what a writer killed between its commit and its report never settled, and ids are
+        unique: one such record must not fail the fresh ones it shares a batch with."""
+        try:
+            self._insert(conn, records)
+        except StoreError:
+            stored = _stored_ids(conn, records)  # a StoreError here fails the batch as before
+            fresh = list({r.id: r for r in records if r.id not in stored}.values())
+            if len(fresh) == len(records):
+                raise
+            if fresh:
+                self._insert(conn, fresh)
+            log.info("audit writer: %s records sent again were already stored", len(stored))
+
     def _write(self, conn: SqliteWriterStore | PostgresWriterStore, batch: list[_Item], later: list[AuditRecord]) -> None:
         """Commit ``later`` (outcomes, older) and ``batch`` together, then settle the batch's futures."""
         records = later + [record for record, _, _ in batch]
@@ -362,7 +377,7 @@ class AuditWriter:
             return
         error: BaseException | None = None
         try:
-            self._insert(conn, records)
+            self._insert_new(conn, records)
         except StoreError as exc:
             error = exc
             log.error("audit store write failed (%s records): %s", len(records), exc)
@@ -403,9 +418,7 @@ class AuditWriter:
         try:
             if records:
                 # A crash between commit and clear would replay twice: skip ids already stored.
-                present: set[str] = set()
-                for start in range(0, len(records), 500):
-                    present |= conn.existing_ids([r.id for r in records[start:start + 500]])
+                present = _stored_ids(conn, records)
                 fresh = list({r.id: r for r in records if r.id not in present}.values())
                 if fresh:
                     self._insert(conn, fresh)
@@ -441,3 +454,11 @@ class AuditWriter:
                 future.set_result(None)
             else:
                 future.set_exception(DependencyUnavailable("audit store write failed", code="audit_unavailable"))
+
+
+def _stored_ids(conn: SqliteWriterStore | PostgresWriterStore, records: list[AuditRecord]) -> set[str]:
+    """The ids of ``records`` the store already holds (asked 500 at a time)."""
+    present: set[str] = set()
+    for start in range(0, len(records), 500):
+        present |= conn.existing_ids([r.id for r in records[start:start + 500]])
+    return present
