@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import http.client
 import json
 import os
 import shutil
@@ -279,6 +281,18 @@ def audit_writer_pids(parent: int) -> list[int]:
         except (OSError, ValueError, IndexError):
             continue
     return found
+
+
+def get_on_new_connection(gateway: Gateway, url: str, token: str) -> http.client.HTTPConnection:
+    """One GET of ``url`` through the proxy on a connection of its own, answered 200; the
+    connection is returned open (keep-alive)."""
+    connection = http.client.HTTPConnection(*gateway.listeners["proxy"].rsplit(":", 1), timeout=10)
+    basic = "Basic " + base64.b64encode(f"agent:{token}".encode()).decode()
+    connection.request("GET", url, headers={"Proxy-Authorization": basic})
+    response = connection.getresponse()
+    assert response.status == 200
+    response.read()
+    return connection
 
 
 def environment_of(pid: int, name: str) -> str | None:

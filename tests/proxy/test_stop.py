@@ -4,14 +4,13 @@ nothing in the log at ERROR, no traceback."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import http.client
 import logging
 from pathlib import Path
 
 import pytest
 
-from support import Upstream, start_gateway, write_tenant_policy
+from support import Upstream, get_on_new_connection, start_gateway, write_tenant_policy
 from wardgate.proxy.server import report_loop_errors
 
 
@@ -21,14 +20,9 @@ def test_a_stop_with_connections_open_logs_no_error(opa_binary: str, tmp_path: P
     connections: list[http.client.HTTPConnection] = []
     try:
         gw.create_agent("bot", "acme", ["read"])
-        basic = "Basic " + base64.b64encode(f"agent:{gw.mint('bot', ttl=600)}".encode()).decode()
-        for _ in range(3):
-            connection = http.client.HTTPConnection(*gw.listeners["proxy"].rsplit(":", 1), timeout=10)
-            connection.request("GET", f"{upstream.http_url}/stop", headers={"Proxy-Authorization": basic})
-            response = connection.getresponse()
-            assert response.status == 200
-            response.read()
-            connections.append(connection)  # left open, as an agent's pool would
+        token = gw.mint("bot", ttl=600)
+        for _ in range(3):  # left open, as an agent's pool would
+            connections.append(get_on_new_connection(gw, f"{upstream.http_url}/stop", token))
         gw.stop()
         assert gw.process.returncode == 0
     finally:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import requests
 
-from support import Upstream, audit_writer_pids, environment_of, start_gateway, write_tenant_policy
+from support import Upstream, audit_writer_pids, environment_of, get_on_new_connection, start_gateway, write_tenant_policy
 
 
 def owner_of(client_port: int, pids: list[int]) -> int | None:
@@ -43,15 +43,10 @@ def test_two_workers_share_the_port_and_the_state(tmp_path: Path, upstream: Upst
         assert len(workers) == 1 and all(os.path.exists(f"/proc/{pid}") for pid in workers)
         gw.create_agent("bot", "acme", ["read"])
         token = gw.mint("bot", ttl=600)
-        basic = "Basic " + base64.b64encode(f"agent:{token}".encode()).decode()
         # A new connection per call: the kernel spreads them over both listening sockets.
         accepted_by: list[int | None] = []
         for _ in range(40):
-            connection = http.client.HTTPConnection(*gw.listeners["proxy"].rsplit(":", 1), timeout=10)
-            connection.request("GET", f"{upstream.http_url}/w", headers={"Proxy-Authorization": basic})
-            response = connection.getresponse()
-            assert response.status == 200
-            response.read()
+            connection = get_on_new_connection(gw, f"{upstream.http_url}/w", token)
             accepted_by.append(owner_of(connection.sock.getsockname()[1], [gw.process.pid, *workers]))
             connection.close()
         assert set(accepted_by) == {gw.process.pid, workers[0]}, "the kernel gave both processes connections"
