@@ -43,9 +43,10 @@ class TokenBucket:
     updated: float
 
     def take(self, now: float) -> float:
-        """0 if a token was taken, else the seconds until one will be there."""
-        self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
-        self.updated = now
+        """0 if a token was taken, else the seconds until one will be there. A ``now`` before the
+        last count (another worker's reading of the clock, a moment older) refills nothing."""
+        self.tokens = min(self.capacity, self.tokens + max(0.0, now - self.updated) * self.rate)
+        self.updated = max(now, self.updated)
         if self.tokens >= 1:
             self.tokens -= 1
             return 0.0
@@ -126,13 +127,9 @@ class SharedCounts:
         offset = slot * _SLOT.size
         with self._locked(slot):
             tag, tokens, updated = _SLOT.unpack_from(self._map, offset)
-            tokens = min(self._burst, tokens + max(0.0, now - updated) * self._rate)
-            wait = 0.0
-            if tokens >= 1:
-                tokens -= 1
-            else:
-                wait = (1 - tokens) / self._rate
-            _SLOT.pack_into(self._map, offset, tag, tokens, max(now, updated))
+            bucket = TokenBucket(self._rate, self._burst, tokens, updated)
+            wait = bucket.take(now)
+            _SLOT.pack_into(self._map, offset, tag, bucket.tokens, bucket.updated)
         return wait
 
     def open_tunnel(self, key: AgentKey, limit: int) -> int | None:
