@@ -491,6 +491,11 @@ def workers_check(root: Path, upstream_ca: Path, ports: dict[str, int], duration
                          f"RSS per proxy process {', '.join(f'{rss_mb(p):.0f} MB' for p in group['proxy processes'])} (goal < 150 MB); "
                          f"the audit writer process all of them share: RSS {', '.join(f'{rss_mb(p):.0f} MB' for p in group['audit writer'])}, "
                          f"of it not shared {', '.join(f'{private_mb(p):.0f} MB' for p in group['audit writer'])}")
+        # One connection each: a stall per call (such as Nagle's algorithm waiting on the client's
+        # delayed ACK, which once cost every call through a worker 40 ms) shows here, not at 64.
+        alone = {name: load(started[index][0], url, 1, duration, 1.0) for name, index in (("1 worker", 0), ("2 workers", 1))}
+        lines.append("median latency at 1 connection (one pass): " +
+                     ", ".join(f"{name} {result['median_ms']:.2f} ms" for name, result in alone.items()))
         control = last["2 separate gateways"]
         split = ", ".join(f"{part} {value:.2f}" for part, value in control["cpu_ms_per_req_parts"].items())  # type: ignore[union-attr]
         lines.append(f"control, 2 separate one-worker gateways sharing nothing, 32 tunnels each (last round): "
