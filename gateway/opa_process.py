@@ -9,13 +9,13 @@ a second OPA on the files as they are now; only once it is healthy does it take 
 policy client is pointed at it and the old one stops after in-flight queries had their time).
 A policy that does not compile never gets past the new process, and the old one keeps serving.
 
-OPA's Go runtime gets one thread per proxy worker (:func:`opa_environment`) unless told otherwise.
-At low load the gateway's queries come one at a time with idle gaps, and on each wake-up Go's
-scheduler also spins up the other threads it may use, looking for work. Behind one worker at one
-connection OPA spent 1.07 ms of CPU per decision with 1 thread against 1.32 ms with 2 (medians of 6
-interleaved runs; no change at 8 connections; docs/benchmarks.md). One worker's event loop is one
-core and OPA's work per decision is a fraction of the proxy's per call, so a thread per worker
-keeps up.
+OPA's Go runtime gets one thread per two proxy workers (:func:`opa_environment`) unless told
+otherwise. At low load the gateway's queries come one at a time with idle gaps, and on each wake-up
+Go's scheduler also spins up the other threads it may use, looking for work. Behind one worker at
+one connection OPA spent 1.07 ms of CPU per decision with 1 thread against 1.32 ms with 2 (medians
+of 6 interleaved runs; no change at 8 connections), and behind two busy workers 0.65 ms against
+0.72-0.75 (docs/benchmarks.md). One worker's event loop is one core and OPA's work per decision is
+a fraction of the proxy's per call, so a thread keeps up with two workers.
 """
 
 from __future__ import annotations
@@ -66,12 +66,17 @@ def opa_command(binary: str, port: int, paths: list[Path]) -> list[str]:
 
 def opa_environment(threads: int | None, workers: int, environ: Mapping[str, str]) -> dict[str, str]:
     """The managed OPA's environment: ``environ`` with GOMAXPROCS set to ``threads`` if given, else
-    kept if ``environ`` has it, else one per proxy worker and at most one per CPU."""
+    kept if ``environ`` has it, else one per two proxy workers (rounded up) and at most one per CPU.
+
+    One Go thread answered about 2,400 decisions/s here, back to back, and 1,400-1,500/s at the CPU
+    per decision it spends behind a busy gateway; a worker at full load asks 500-600/s. More threads
+    than that need are not free: Go wakes its idle ones to look for work on every query. Behind 2
+    workers, one thread cost OPA 10-13% less CPU per decision than two (docs/benchmarks.md)."""
     env = dict(environ)
     if threads is not None:
         env["GOMAXPROCS"] = str(threads)
     elif "GOMAXPROCS" not in env:
-        env["GOMAXPROCS"] = str(max(1, min(workers, usable_cpus())))
+        env["GOMAXPROCS"] = str(max(1, min(-(-workers // 2), usable_cpus())))
     return env
 
 

@@ -138,7 +138,7 @@ class OpaSettings(_Section):
     # `wardgate policy reload`). A change that does not compile is rejected; the old policy stays.
     watch_interval: float = 1.0
     # Managed mode: the OS threads OPA runs Go code on (its GOMAXPROCS). Unset: GOMAXPROCS from
-    # wardgate's environment if there is one, else one per proxy worker, at most one per CPU.
+    # wardgate's environment if there is one, else one per two proxy workers, at most one per CPU.
     threads: int | None = Field(default=None, ge=1, le=1024)
 
     @field_validator("timeout", "startup_timeout", "watch_interval", mode="before")

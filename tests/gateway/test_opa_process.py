@@ -1,4 +1,4 @@
-"""The managed OPA's Go runtime threads: one per proxy worker unless the operator says otherwise."""
+"""The managed OPA's Go runtime threads: one per two proxy workers unless the operator says otherwise."""
 
 from __future__ import annotations
 
@@ -11,9 +11,12 @@ from support import environment_of, start_gateway
 from wardgate.gateway.opa_process import opa_environment
 
 
-def test_one_thread_per_worker_at_most_one_per_cpu() -> None:
+def test_one_thread_per_two_workers_at_most_one_per_cpu() -> None:
+    cpus = len(os.sched_getaffinity(0))
     assert opa_environment(None, 1, {})["GOMAXPROCS"] == "1"
-    assert opa_environment(None, 64, {})["GOMAXPROCS"] == str(min(64, len(os.sched_getaffinity(0))))
+    assert opa_environment(None, 2, {})["GOMAXPROCS"] == "1"
+    assert opa_environment(None, 3, {})["GOMAXPROCS"] == str(min(2, cpus))
+    assert opa_environment(None, 64, {})["GOMAXPROCS"] == str(min(32, cpus))
 
 
 def test_the_setting_wins_then_the_environment() -> None:
