@@ -6,8 +6,8 @@ per connection, intercepted by mitmdump and wardgate, end to end through squid),
 64 keep-alive connections driven by ``bench/loadgen.py`` in its own process against
 ``bench/upstream.py`` in another. Reports requests/s, median and p99 latency and the proxy's CPU
 seconds per request (utime + stime of the proxy process and its children, from /proc; for
-wardgate that includes its OPA). Then the other benchmarks' numbers (audit, identity, SDK steps),
-and writes ``bench/results/results.md``, ``results.json`` and ``latency-throughput.png``.
+wardgate that includes its OPA). Then the other benchmarks' numbers (audit, identity, SDK steps,
+scrubbing), and writes ``bench/results/results.md``, ``results.json`` and ``latency-throughput.png``.
 
     .venv/bin/python bench/run.py [--duration 3] [--quick] [--workers-check]
 
@@ -272,6 +272,7 @@ def other_benches(quick: bool) -> dict[str, str]:
         "audit (records/s, group commit vs per-record commit)": [str(BENCH / "audit.py"), "--records", "2000" if quick else "4000"],
         "identity (token verification, revocation propagation)": [str(BENCH / "identity.py")],
         "SDK step overhead": [str(BENCH / "sdk_steps.py"), "--steps", "1000", "--rounds", "3", "--no-dbos"],
+        "response scrubbing (one expression vs a substring search per form first)": [str(BENCH / "scrub.py")],
     }
     found: dict[str, str] = {}
     for title, argv in runs.items():

@@ -51,6 +51,25 @@ class Injected:
         # What the response scrubber searches for: any form, longest first.
         self.pattern = re.compile(b"|".join(re.escape(form) for form in forms))
 
+    def first_at(self, data: bytes) -> int:
+        """Where the first form in ``data`` starts, or -1: where ``pattern`` would first match, at
+        a fraction of the cost. ``re`` tries every alternative at every byte (about 8 ms per MB
+        here); a substring search per form takes 0.1 ms per MB each (bench/scrub.py)."""
+        first = -1
+        for form in self.forms:
+            at = data.find(form, 0, first + len(form) - 1 if first >= 0 else len(data))
+            if at >= 0:
+                first = at
+        return first
+
+    def scrub(self, data: bytes, replacement: bytes) -> tuple[bytes, int]:
+        """``data`` with every form replaced, and how many were; ``data`` itself when none occurs."""
+        first = self.first_at(data)
+        if first < 0:
+            return data, 0
+        cleaned, count = self.pattern.subn(replacement, data[first:])  # nothing matches before first
+        return data[:first] + cleaned, count
+
     def __repr__(self) -> str:
         return f"Injected(service={self.service!r}, forms={len(self.forms)})"
 

@@ -22,7 +22,6 @@ for a service marked ``sensitive``, a body larger than its ``inspection_limit``.
 
 from __future__ import annotations
 
-import re
 import zlib
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -70,9 +69,10 @@ def _decoder(encoding: str) -> Callable[[bytes], bytes] | None:
 class StreamingScrub:
     """``flow.response.stream`` callable: decode, scrub, hold back a possible partial match."""
 
-    def __init__(self, pattern: re.Pattern[bytes], longest: int, decode: Callable[[bytes], bytes], call: Call) -> None:
-        self._pattern = pattern
-        self._hold = max(0, longest - 1)
+    def __init__(self, injected: Injected, decode: Callable[[bytes], bytes], call: Call) -> None:
+        self._injected = injected
+        self._pattern = injected.pattern
+        self._hold = max(0, len(injected.forms[0]) - 1)
         self._decode = decode
         self._call = call
         self._carry = b""
@@ -87,12 +87,14 @@ class StreamingScrub:
             raise ValueError("the streamed response could not be decoded for scrubbing") from None
         if end:
             self._carry = b""
-            cleaned, count = self._pattern.subn(REPLACEMENT, data)
+            cleaned, count = self._injected.scrub(data, REPLACEMENT)
             self._call.scrub_count += count
             return [cleaned] if cleaned else []
         cut = len(data) - self._hold
         out, position = [], 0
-        for match in self._pattern.finditer(data):
+        first = self._injected.first_at(data)  # nothing matches before it; most chunks have none
+        matches = self._pattern.finditer(data, first) if first >= 0 else ()
+        for match in matches:
             # A match near the end might be the start of a longer form: keep it for the next chunk.
             if match.end() > cut or match.start() > len(data) - self._hold - 1:
                 cut = min(cut, match.start())
@@ -114,14 +116,13 @@ class StreamScrubber:
         response = flow.response
         if injected is None or binding is None or response is None or flow.metadata.get("wardgate.refused"):
             return
-        pattern = injected.pattern
         call = call_of(flow)
         # One search over all header values joined: a form in any value is found there (a match
         # across two values only costs the field-by-field pass). Most responses have none.
-        if pattern.search(b"\n".join(value for _, value in response.headers.fields)):
+        if injected.first_at(b"\n".join(value for _, value in response.headers.fields)) >= 0:
             fields, count = [], 0
             for name, value in response.headers.fields:
-                cleaned, found = pattern.subn(REPLACEMENT, value)
+                cleaned, found = injected.scrub(value, REPLACEMENT)
                 count += found
                 fields.append((name, cleaned))
             response.headers.fields = tuple(fields)
@@ -141,7 +142,7 @@ class StreamScrubber:
         if decode is None:
             response.stream = False  # unknown encoding: buffered, then refused
             return
-        scrub = StreamingScrub(pattern, len(injected.forms[0]), decode, call)
+        scrub = StreamingScrub(injected, decode, call)
         if hasattr(response.stream, "prepend"):  # an event stream relayed by EventStreams: scrub first
             response.stream.prepend(scrub)
         else:
@@ -176,7 +177,7 @@ class ResponseScrubber:
             return None
         if sensitive and len(body) > limit:
             return refuse(flow, uninspectable("inspection_limit_exceeded"), self._audit, self._audit_timeout)
-        cleaned, count = injected.pattern.subn(REPLACEMENT, body)
+        cleaned, count = injected.scrub(body, REPLACEMENT)
         if count:
             response.set_content(cleaned)
             call_of(flow).scrub_count += count

@@ -93,7 +93,7 @@ class WebSocketScrubber:
         message = flow.websocket.messages[-1]
         if message.from_client:
             return
-        cleaned, count = injected.pattern.subn(REPLACEMENT, message.content)
+        cleaned, count = injected.scrub(message.content, REPLACEMENT)
         if count:
             message.content = cleaned
             call_of(flow).scrub_count += count
