@@ -53,7 +53,7 @@ class Injected:
 
     def first_at(self, data: bytes) -> int:
         """Where the first form in ``data`` starts, or -1: where ``pattern`` would first match, at
-        a fraction of the cost. ``re`` tries every alternative at every byte (about 8 ms per MB
+        a fraction of the cost. ``re`` tries every alternative at every byte (8-12 ms per MB
         here); a substring search per form takes 0.1 ms per MB each (bench/scrub.py)."""
         first = -1
         for form in self.forms:
