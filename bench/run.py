@@ -453,8 +453,8 @@ def paired_goals(root: Path, upstream_ca: Path, ports: dict[str, int], urls: dic
 def workers_check(root: Path, upstream_ca: Path, ports: dict[str, int], duration: float, rounds: int) -> list[str]:
     """CPU per request, 1 vs 2 workers; RSS per worker under 64 tunnels.
 
-    Both gateways run at once and are measured back to back in each round (who goes first
-    alternates), like the goal ratios: one pass each swings by more than the 15% the goal allows.
+    The gateways run at once and are measured back to back in each round (who goes first
+    rotates), like the goal ratios: one pass each swings by more than the 15% the goal allows.
     The goal is stated over the workers (the proxy processes); the ratio over every process, with
     the audit writer and OPA all workers share, is reported beside it. So is a control that shares
     nothing: two separate one-worker gateways, 32 tunnels each, measured at the same time. What it
