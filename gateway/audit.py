@@ -51,10 +51,7 @@ CREATE TABLE IF NOT EXISTS audit_records (
 );
 CREATE INDEX IF NOT EXISTS audit_call ON audit_records (call_id);
 CREATE INDEX IF NOT EXISTS audit_time ON audit_records (time);
--- An agent's newest records, read off the index in id order: (agent, time) made SQLite fetch all
--- of an agent's records and sort them (4.3 s for the busiest agent of a million records).
-CREATE INDEX IF NOT EXISTS audit_agent_id ON audit_records (agent, id);
-DROP INDEX IF EXISTS audit_agent;
+-- The (agent, id) index is built by the writer, not here (audit_store.AGENT_INDEX).
 """ + CHECKPOINT_SCHEMA
 
 Kind = Literal["intent", "outcome", "refusal", "admin"]
