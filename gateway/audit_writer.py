@@ -362,13 +362,12 @@ class AuditWriter:
         try:
             self._insert(conn, records)
         except StoreError:
-            stored = _stored_ids(conn, records)  # a StoreError here fails the batch as before
-            fresh = list({r.id: r for r in records if r.id not in stored}.values())
+            fresh = _unstored(conn, records)  # a StoreError here fails the batch as before
             if len(fresh) == len(records):
                 raise
             if fresh:
                 self._insert(conn, fresh)
-            log.info("audit writer: %s records sent again were already stored", len(stored))
+            log.info("audit writer: %s records sent again were already stored", len(records) - len(fresh))
 
     def _write(self, conn: SqliteWriterStore | PostgresWriterStore, batch: list[_Item], later: list[AuditRecord]) -> None:
         """Commit ``later`` (outcomes, older) and ``batch`` together, then settle the batch's futures."""
@@ -418,8 +417,7 @@ class AuditWriter:
         try:
             if records:
                 # A crash between commit and clear would replay twice: skip ids already stored.
-                present = _stored_ids(conn, records)
-                fresh = list({r.id: r for r in records if r.id not in present}.values())
+                fresh = _unstored(conn, records)
                 if fresh:
                     self._insert(conn, fresh)
             spool.clear()
@@ -456,9 +454,9 @@ class AuditWriter:
                 future.set_exception(DependencyUnavailable("audit store write failed", code="audit_unavailable"))
 
 
-def _stored_ids(conn: SqliteWriterStore | PostgresWriterStore, records: list[AuditRecord]) -> set[str]:
-    """The ids of ``records`` the store already holds (asked 500 at a time)."""
+def _unstored(conn: SqliteWriterStore | PostgresWriterStore, records: list[AuditRecord]) -> list[AuditRecord]:
+    """``records`` the store does not hold yet (asked 500 ids at a time), each id once."""
     present: set[str] = set()
     for start in range(0, len(records), 500):
         present |= conn.existing_ids([r.id for r in records[start:start + 500]])
-    return present
+    return list({r.id: r for r in records if r.id not in present}.values())
