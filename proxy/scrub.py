@@ -71,7 +71,6 @@ class StreamingScrub:
 
     def __init__(self, injected: Injected, decode: Callable[[bytes], bytes], call: Call) -> None:
         self._injected = injected
-        self._pattern = injected.pattern
         self._hold = max(0, len(injected.forms[0]) - 1)
         self._decode = decode
         self._call = call
@@ -93,7 +92,7 @@ class StreamingScrub:
         cut = len(data) - self._hold
         out, position = [], 0
         first = self._injected.first_at(data)  # nothing matches before it; most chunks have none
-        matches = self._pattern.finditer(data, first) if first >= 0 else ()
+        matches = self._injected.pattern.finditer(data, first) if first >= 0 else ()
         for match in matches:
             # A match near the end might be the start of a longer form: keep it for the next chunk.
             if match.end() > cut or match.start() > len(data) - self._hold - 1:
