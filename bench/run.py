@@ -546,24 +546,17 @@ def child_pids(pid: int) -> list[int]:
     return children
 
 
-def _command(pid: int) -> list[bytes]:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return [b""]
-
-
 def _is_opa(pid: int) -> bool:
-    return _command(pid)[0].endswith(b"opa")
-
-
-def _is_audit_writer(pid: int) -> bool:
-    return b"wardgate.gateway.audit_child" in _command(pid)
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].endswith(b"opa")
+    except OSError:
+        return False
 
 
 def worker_pids(pid: int) -> list[int]:
     """The gateway process and its proxy workers (not OPA, not the audit writer processes)."""
-    return [pid] + [child for child in child_pids(pid) if not _is_opa(child) and not _is_audit_writer(child)]
+    writers = set(audit_writer_pids(pid))
+    return [pid] + [child for child in child_pids(pid) if not _is_opa(child) and child not in writers]
 
 
 def main() -> None:
