@@ -112,6 +112,10 @@ class LimitsSettings(_Section):
     connect_timeout: float = Field(default=10.0, gt=0, le=300)
     # An upstream must send its response head, and then a buffered body, within this → 504 upstream_timeout.
     upstream_timeout: float = Field(default=60.0, gt=0)
+    # A response body larger than this (announced, or of unknown length once this much has arrived)
+    # is relayed as it arrives instead of buffered whole; calls carrying a credential use their
+    # service's inspection_limit instead (proxy/large_responses.py).
+    response_buffer_bytes: int = Field(default=1 << 20, ge=1024)
 
     @field_validator("header_timeout", "body_timeout", "idle_timeout", "connect_timeout", "upstream_timeout",
                      mode="before")

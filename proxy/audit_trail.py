@@ -24,7 +24,7 @@ from wardgate.gateway.audit_writer import AuditLog
 from wardgate.gateway.usage import extract_usage
 
 from .call import KEY, Call, call_of
-from .event_streams import STREAM_SAMPLE
+from .event_streams import STREAM_BYTES, STREAM_SAMPLE
 from .upstream_timeout import CONNECT_TIMED_OUT
 from .websocket_limits import ended_for_size
 
@@ -54,8 +54,10 @@ class AuditTrail:
             return
         if flow.response.raw_content is not None:
             body = flow.response.get_content(strict=False)
-        else:  # streamed through (EventStreams): the head and tail it kept
+            sent = len(flow.response.raw_content)
+        else:  # relayed as it arrived (proxy/event_streams.py): the head and tail it kept
             body = flow.metadata.get(STREAM_SAMPLE)
+            sent = flow.metadata.get(STREAM_BYTES, 0)
         usage = extract_usage(flow.response.headers.get("content-type"), body)
         self._audit.record_later(
             call.record(
@@ -63,7 +65,7 @@ class AuditTrail:
                 "outcome",
                 status=flow.response.status_code,
                 bytes_in=len(flow.request.raw_content or b""),
-                bytes_out=len(flow.response.raw_content or b""),
+                bytes_out=sent,
                 latency_upstream_ms=(now - call.forwarded_at) * 1000,
                 latency_total_ms=(now - call.started) * 1000,
                 usage=json.dumps(usage, sort_keys=True) if usage else None,

@@ -7,10 +7,12 @@ record (``scrub_count``). Two addons, because the body is seen in two ways:
 
 - ``StreamScrubber`` (``responseheaders``, last in the chain, after EventStreams has asked for
   streaming): scrubs the headers and decides how the body is inspected. A response that is to be
-  streamed — an event stream, or a body announced larger than the service's ``inspection_limit`` —
-  is scrubbed in flight: decoded (gzip, deflate, br, zstd) and searched chunk by chunk, holding
+  streamed — an event stream, a body announced larger than the service's ``inspection_limit``, or
+  a body of unknown length once more than that has arrived (proxy/large_responses.py) — is
+  scrubbed in flight: decoded (gzip, deflate, br, zstd) and searched chunk by chunk, holding
   back the last ``len(longest form) - 1`` bytes so a secret split across chunks is still found;
-  it goes out chunked and decoded. Everything else is buffered.
+  it goes out chunked and decoded. Everything else is buffered; so is every body of a
+  ``sensitive`` service but its event streams.
 - ``ResponseScrubber`` (``response``, before Idempotency and AuditTrail, so neither a stored
   replay nor the outcome record sees an unscrubbed body or a stale count): scrubs a buffered body
   after decoding it (chunked bodies arrive reassembled).
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Callable, Coroutine
+from functools import partial
 from typing import Any
 
 import brotli
@@ -36,7 +39,9 @@ from wardgate.gateway.credentials import Injected
 from wardgate.gateway.errors import UpstreamError
 
 from .call import Call, call_of
+from .event_streams import Relay
 from .inject import BINDING, INJECTED
+from .large_responses import STREAM_LATER, announced_size
 from .refusals import refuse
 
 REPLACEMENT = b"[wardgate:scrubbed]"
@@ -129,26 +134,45 @@ class StreamScrubber:
         if response.raw_content is not None:
             return  # the body is whole already (set at the gateway, proxy/exchange.py): ResponseScrubber
         service = binding.service
-        length = response.headers.get("content-length", "")
-        announced = int(length) if length.isdigit() else None
-        over_limit = announced is not None and announced > service.inspection_limit
+        size = announced_size(flow)
+        over_limit = size is not None and size > service.inspection_limit
         if over_limit and service.sensitive:
             response.stream = False  # buffered, then refused by ResponseScrubber
             return
-        if not (response.stream or over_limit):
+        if isinstance(response.stream, Relay):  # an event stream relayed by EventStreams: scrub first
+            scrub = self._scrubbing(flow, injected, call)
+            if scrub is not None:
+                response.stream.prepend(scrub)
             return
+        if size == 0:
+            return
+        if service.sensitive:
+            response.stream = False  # buffered whole; over the limit ResponseScrubber refuses it
+            return
+        start = partial(self._relay, injected, call)
+        if over_limit or response.stream:  # never relayed unscrubbed, whoever asked for streaming
+            response.stream = start(flow) or False
+        elif size is None:  # unknown length: buffered until it passes the limit (proxy/large_responses.py)
+            flow.metadata[STREAM_LATER] = (service.inspection_limit, start)
+
+    @staticmethod
+    def _relay(injected: Injected, call: Call, flow: http.HTTPFlow) -> Relay | None:
+        scrub = StreamScrubber._scrubbing(flow, injected, call)
+        return None if scrub is None else Relay(flow, [scrub], idle_bound=True)
+
+    @staticmethod
+    def _scrubbing(flow: http.HTTPFlow, injected: Injected, call: Call) -> StreamingScrub | None:
+        """The body scrubbed in flight, decoded: None (buffered, then refused) for an unknown encoding."""
+        response = flow.response
+        assert response is not None
         decode = _decoder(response.headers.get("content-encoding", ""))
         if decode is None:
-            response.stream = False  # unknown encoding: buffered, then refused
-            return
-        scrub = StreamingScrub(injected, decode, call)
-        if hasattr(response.stream, "prepend"):  # an event stream relayed by EventStreams: scrub first
-            response.stream.prepend(scrub)
-        else:
-            response.stream = scrub
+            response.stream = False
+            return None
         for name in ("content-length", "content-encoding"):
             response.headers.pop(name, None)
         response.headers["transfer-encoding"] = "chunked"
+        return StreamingScrub(injected, decode, call)
 
 
 class ResponseScrubber:

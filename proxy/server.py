@@ -37,7 +37,7 @@ from wardgate.gateway.revoker import Revoker
 from wardgate.gateway.settings import Settings
 from yarl import URL
 
-from . import inline_hooks, protocol_errors, stages, upstream_timeout, websocket_frames, websocket_limits
+from . import inline_hooks, large_responses, protocol_errors, stages, upstream_timeout, websocket_frames, websocket_limits
 from .agent_counts import SharedCounts
 from .approval import ApprovalGate
 from .audit_trail import AuditTrail
@@ -51,6 +51,7 @@ from .exchange import GatewayExchange
 from .framing import HeadGuard
 from .idempotency import Idempotency
 from .intent import IntentRecord
+from .large_responses import LargeResponses
 from .limits import Limits
 from .mcp import McpGateway
 from .trace import TraceContext
@@ -260,6 +261,7 @@ async def serve(
             stack.callback(counts.close)
         limits = Limits(settings.limits, heads, audit, timeout, counts=counts)
         upstream_timeout.install()
+        large_responses.install()  # relays an unknown-length body that grows past its threshold
         websocket_frames.install()  # a scrubbed text message is re-framed between characters
         websocket_limits.install(settings.limits.max_websocket_message_bytes)  # one message's size, either way
         upstream_deadline = UpstreamTimeout(settings.limits.upstream_timeout)
@@ -294,6 +296,8 @@ async def serve(
                 AuditTrail(audit),
                 EventStreams(),
                 credentials.stream_scrubber,
+                # `responseheaders`, after the scrubber decided for calls carrying a credential.
+                LargeResponses(settings.limits.response_buffer_bytes),
                 upstream_deadline,
                 # `server_connect` hook, after DestinationPin chose the address to dial.
                 connect_deadline,

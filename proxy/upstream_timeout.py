@@ -19,8 +19,10 @@ forwarded (``request`` hook, after every other addon let it through) and restart
 response head arrives for a response that is buffered (not streamed); the head and a buffered body
 must each arrive within ``limits.upstream_timeout``. When the timer fires, the server connection is
 closed; mitmproxy's protocol error for it is turned into a 504 whose message says ``timeout``, so
-AuditTrail records the outcome as ``upstream_timeout``. Streamed responses (event streams) may stay
-open as long as the upstream keeps them open.
+AuditTrail records the outcome as ``upstream_timeout``. Event streams may stay open as long as the
+upstream keeps them open. A large body relayed as it arrives (proxy/large_responses.py) may take
+as long as it needs, but not ``limits.upstream_timeout`` without a byte: then its connection is
+closed the same way (the head is out already, so the agent sees the body cut short).
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ from mitmproxy.connection import ConnectionState, Server
 from mitmproxy.proxy import server_hooks
 from mitmproxy.proxy.layers import http as http_layer
 from mitmproxy.proxy.layers.http._events import ResponseProtocolError
+
+from .event_streams import Relay
 
 log = logging.getLogger("wardgate.proxy")
 TIMED_OUT = "wardgate.upstream_timed_out"
@@ -82,6 +86,12 @@ class UpstreamTimeout:
 
     def _expire(self, flow: http.HTTPFlow) -> None:
         self._timers.pop(flow.id, None)
+        relay = flow.response.stream if flow.response is not None else None
+        if isinstance(relay, Relay) and relay.idle_bound:
+            quiet = time.monotonic() - relay.last_data
+            if quiet < self._timeout:
+                self._timers[flow.id] = asyncio.get_running_loop().call_later(self._timeout - quiet, self._expire, flow)
+                return
         handler = getattr(self._proxyserver, "connections", {}).get(flow.client_conn.id)
         server = flow.server_conn
         if handler is None or not flow.live or flow.metadata.get(TIMED_OUT):
@@ -101,7 +111,11 @@ class UpstreamTimeout:
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         self._disarm(flow)
-        if flow.response is not None and not flow.response.stream and flow.metadata.get("wardgate.call") is not None:
+        response = flow.response
+        if response is None:
+            return
+        relayed = isinstance(response.stream, Relay) and response.stream.idle_bound
+        if (not response.stream or relayed) and flow.metadata.get("wardgate.call") is not None:
             if not flow.metadata.get("wardgate.refused"):
                 self._arm(flow)
 

@@ -76,6 +76,24 @@ class CredentialUpstream:
             if kind == "bigecho-gzip":
                 return web.Response(body=gzip.compress(body), headers={"Content-Encoding": "gzip"})
             return web.Response(body=body)
+        if kind in ("bigchunked", "bigchunked-gzip"):
+            # Chunked, so of unknown length, and over the inspection limit (4096) before the echo, which
+            # is split mid-secret across two writes: relayed once the limit is passed, scrubbed in flight.
+            body = os.urandom(8192).hex().encode() + echo
+            if kind == "bigchunked-gzip":
+                body = gzip.compress(body)
+            secret = request.headers.get("Authorization", "").split(" ")[-1].encode()
+            cut = body.index(secret) + len(secret) // 2 if secret and secret in body else len(body) // 2
+            headers = {"Content-Encoding": "gzip"} if kind == "bigchunked-gzip" else {}
+            response = web.StreamResponse(headers=headers)
+            response.enable_chunked_encoding()
+            await response.prepare(request)
+            for start in range(0, cut, 3000):
+                await response.write(body[start:min(start + 3000, cut)])
+            await asyncio.sleep(0.02)
+            await response.write(body[cut:])
+            await response.write_eof()
+            return response
         if kind == "sse":
             # An event stream echoing the credential, split across writes mid-secret.
             secret = request.headers.get("Authorization", "").split(" ")[-1].encode()

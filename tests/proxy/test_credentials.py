@@ -364,7 +364,8 @@ def test_echoed_basic_and_url_encoded_forms_are_scrubbed(cred_gateway: Gateway, 
 
 @pytest.mark.parametrize(
     ("service", "kind", "reason"),
-    [("bearer", "weird", "unknown_content_encoding"), ("sensitive", "big", "inspection_limit_exceeded")],
+    [("bearer", "weird", "unknown_content_encoding"), ("sensitive", "big", "inspection_limit_exceeded"),
+     ("sensitive", "bigchunked", "inspection_limit_exceeded")],
 )
 def test_uninspectable_responses_are_refused(
     cred_gateway: Gateway, cred_upstream: CredentialUpstream, service: str, kind: str, reason: str
@@ -376,10 +377,11 @@ def test_uninspectable_responses_are_refused(
     assert TOKEN not in response.text
 
 
-@pytest.mark.parametrize("kind", ["big", "bigecho", "bigecho-gzip", "sse"])
+@pytest.mark.parametrize("kind", ["big", "bigecho", "bigecho-gzip", "bigchunked", "bigchunked-gzip", "sse"])
 def test_streamed_responses_are_scrubbed_in_flight(cred_gateway: Gateway, cred_upstream: CredentialUpstream, kind: str) -> None:
-    """Bodies over a non-sensitive service's inspection limit, and event streams, are not buffered:
-    they are decoded and scrubbed chunk by chunk, a secret split across chunks included."""
+    """Bodies over a non-sensitive service's inspection limit (announced, or of unknown length once
+    that much has arrived), and event streams, are not buffered: they are decoded and scrubbed chunk
+    by chunk, a secret split across chunks included. (A buffered gzip body would keep its encoding.)"""
     path = f"/allowed/{kind}/{uuid.uuid4()}"
     response = call(cred_gateway, cred_upstream.url(PORT["bearer"], path))
     assert response.status_code == 200
@@ -388,7 +390,7 @@ def test_streamed_responses_are_scrubbed_in_flight(cred_gateway: Gateway, cred_u
         assert response.content == b"x" * 8192
         return
     assert TOKEN not in response.text and "tok%2Fen" not in response.text
-    expected = {"bigecho": 1, "bigecho-gzip": 1, "sse": 2}[kind]
+    expected = {"bigecho": 1, "bigecho-gzip": 1, "bigchunked": 1, "bigchunked-gzip": 1, "sse": 2}[kind]
     assert response.text.count("[wardgate:scrubbed]") >= expected
     if kind == "sse":
         assert response.text.startswith("data: hello\n\n")

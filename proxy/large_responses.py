@@ -1,0 +1,103 @@
+"""LargeResponses: a response body too large to hold is relayed as it arrives, not buffered whole.
+
+mitmproxy buffers a whole response body before the ``response`` hook unless
+``flow.response.stream`` is set: a 200 MB download held 200 MB (and, with its copies, up to 1 GB of
+RSS) in the proxy process, reached the agent only once it was all in, and had to arrive within
+``limits.upstream_timeout``. Here:
+
+- a body announced (``Content-Length``) larger than the threshold is relayed from its head on;
+- a body of unknown length (chunked, or read until the upstream closes) is buffered until more than
+  the threshold has arrived, then what was held and the rest are relayed. ``install`` patches
+  ``HttpStream.state_consume_response_body`` for that: the switch mitmproxy makes for its own
+  ``stream_large_bodies`` option, which cannot be used (it streams request bodies too, which the
+  request hooks read whole, and it streams without wardgate's chunk filters). Small bodies of
+  unknown length stay buffered, as before.
+
+The threshold is ``limits.response_buffer_bytes`` for a call that carries no credential (this
+addon); a call that carries one is decided by StreamScrubber (proxy/scrub.py), with the service's
+``inspection_limit`` and its scrubber in the relay, and a ``sensitive`` service's body is never
+relayed. Left buffered: MCP calls (McpGateway reads their answers whole), answers made at the
+gateway, refused calls, bodies an earlier addon wants whole (``STREAM_BUFFERED``).
+
+A relayed body goes through :class:`~.event_streams.Relay` (the outcome record gets its byte count
+and its first and last 64 KiB) and must keep coming: UpstreamTimeout cuts it after
+``limits.upstream_timeout`` without a byte, instead of bounding the whole transfer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from mitmproxy import http
+from mitmproxy.net.http import http1
+from mitmproxy.proxy.layers import http as http_layer
+from mitmproxy.proxy.layers.http._events import ResponseData
+
+from .call import KEY
+from .event_streams import STREAM_BUFFERED, Relay
+from .inject import INJECTED
+
+# (threshold, start): once more than threshold bytes of an unknown-length body are held, start(flow)
+# gives the stream callable to relay it with (None: keep buffering).
+STREAM_LATER = "wardgate.stream_later"
+LaterStream = tuple[int, Callable[[http.HTTPFlow], "Relay | None"]]
+
+
+def announced_size(flow: http.HTTPFlow) -> int | None:
+    """The response body's length as its head announces it; None if unknown until it ends."""
+    assert flow.response is not None
+    try:
+        size = http1.expected_http_body_size(flow.request, flow.response)
+    except ValueError:  # refused by mitmproxy's header validation before any hook sees it
+        return None
+    return None if size is None or size < 0 else size
+
+
+class LargeResponses:
+    def __init__(self, threshold: int) -> None:
+        self._threshold = threshold
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        response = flow.response
+        if (response is None or response.stream or response.raw_content is not None
+                or flow.metadata.get("wardgate.refused") or flow.metadata.get(STREAM_BUFFERED)
+                or INJECTED in flow.metadata or STREAM_LATER in flow.metadata):
+            return
+        call = flow.metadata.get(KEY)
+        if call is not None and call.mcp is not None:
+            return
+        size = announced_size(flow)
+        if size is None:
+            flow.metadata[STREAM_LATER] = (self._threshold, _relay)
+        elif size > self._threshold:
+            response.stream = _relay(flow)
+
+
+def _relay(flow: http.HTTPFlow) -> Relay:
+    return Relay(flow, [], idle_bound=True)
+
+
+def install() -> None:
+    """Relay an unknown-length body once it passes its flow's ``STREAM_LATER`` threshold."""
+    consume = http_layer.HttpStream.state_consume_response_body
+    original = getattr(consume, "wardgate_original", consume)
+
+    def consume_or_relay(stream: http_layer.HttpStream, event):  # type: ignore[no-untyped-def]
+        yield from original(stream, event)
+        later: LaterStream | None = stream.flow.metadata.get(STREAM_LATER)
+        if (later is None or not isinstance(event, ResponseData) or len(stream.response_body_buf) <= later[0]
+                or stream.server_state != stream.state_consume_response_body):
+            return
+        del stream.flow.metadata[STREAM_LATER]
+        relay = later[1](stream.flow)
+        if relay is None:
+            return  # buffered whole after all (a scrubber that cannot decode it: refused at the end)
+        held = bytes(stream.response_body_buf)
+        stream.response_body_buf.clear()
+        assert stream.flow.response is not None
+        stream.flow.response.stream = relay
+        yield from stream.start_response_stream()
+        yield from stream.handle_event(ResponseData(stream.stream_id, held))
+
+    consume_or_relay.wardgate_original = original  # type: ignore[attr-defined]
+    http_layer.HttpStream.state_consume_response_body = consume_or_relay  # type: ignore[method-assign]
