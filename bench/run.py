@@ -273,6 +273,7 @@ def other_benches(quick: bool) -> dict[str, str]:
         "identity (token verification, revocation propagation)": [str(BENCH / "identity.py")],
         "SDK step overhead": [str(BENCH / "sdk_steps.py"), "--steps", "1000", "--rounds", "3", "--no-dbos"],
         "response scrubbing (one expression vs a substring search per form first)": [str(BENCH / "scrub.py")],
+        "large downloads (relayed as they arrive vs buffered whole)": [str(BENCH / "downloads.py")],
     }
     found: dict[str, str] = {}
     for title, argv in runs.items():
