@@ -45,9 +45,23 @@ LaterStream = tuple[int, Callable[[http.HTTPFlow], "Relay | None"]]
 
 def announced_size(flow: http.HTTPFlow) -> int | None:
     """The response body's length as its head announces it; None if unknown until it ends."""
-    assert flow.response is not None
+    response = flow.response
+    assert response is not None
+    # The common case without mitmproxy's reading of the framing headers (8 µs a call, mostly its
+    # case-insensitive header lookups): one length, no transfer coding, a status and method that
+    # allow a body.
+    lengths = []
+    for name, value in response.headers.fields:
+        lowered = name.lower()
+        if lowered == b"content-length":
+            lengths.append(value)
+        elif lowered == b"transfer-encoding":
+            lengths.append(b"")
+    if (len(lengths) == 1 and lengths[0].isdigit() and response.status_code >= 200
+            and response.status_code not in (204, 304) and flow.request.method not in ("HEAD", "CONNECT")):
+        return int(lengths[0])
     try:
-        size = http1.expected_http_body_size(flow.request, flow.response)
+        size = http1.expected_http_body_size(flow.request, response)
     except ValueError:  # refused by mitmproxy's header validation before any hook sees it
         return None
     return None if size is None or size < 0 else size
