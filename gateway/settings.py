@@ -36,6 +36,8 @@ def parse_duration(value: str | float | int) -> float:
     """``"15m"`` → 900.0 seconds; bare numbers are seconds."""
     if isinstance(value, (int, float)):
         return float(value)
+    if not isinstance(value, str):  # a list or table in the TOML: a clear error, not a TypeError
+        raise ValueError(f"not a duration: {value!r} (use e.g. 500ms, 30s, 15m, 1h)")
     match = _DURATION.match(value)
     if not match:
         raise ValueError(f"not a duration: {value!r} (use e.g. 500ms, 30s, 15m, 1h)")
