@@ -70,6 +70,7 @@ async def verification(folder: Path) -> None:
     for _ in range(ROUNDS):
         await verifier.check_live(principal)
     live_us = (time.perf_counter() - started) / ROUNDS * 1e6
+    external = await external_verification(folder, keys, settings, directory, view)
     await store.close()
     registry.close()
     print(f"token verification per request ({ROUNDS} rounds, {REVOKED} revocations in the view, EdDSA):")
@@ -77,6 +78,41 @@ async def verification(folder: Path) -> None:
           f"expiry+revocation+agent {live_us:.1f} us)")
     print(f"  with cache     {results['cache']:8.1f} us")
     print(f"  ratio          {results['no cache'] / results['cache']:8.1f}x  (revocation still checked on every request)")
+    print("an external issuer's token (JWT-SVID, ES256, JWKS from a file), same view:")
+    print(f"  without cache  {external['no cache']:8.1f} us")
+    print(f"  with cache     {external['cache']:8.1f} us   (the issuer's current key set is checked on every request)")
+    print(f"  ratio          {external['no cache'] / external['cache']:8.1f}x")
+
+
+async def external_verification(folder: Path, keys: KeyRing, settings: IdentitySettings, directory: AgentDirectory,
+                                view: RevocationView) -> dict[str, float]:
+    """Per-request cost for an external issuer's token, with and without the verified-token cache."""
+    import json
+
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from wardgate.gateway.issuers import ExternalIssuer
+    from wardgate.gateway.settings import TrustedIssuer
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    jwks = folder / "spire-jwks.json"
+    jwks.write_text(json.dumps({"keys": [{**json.loads(jwt.algorithms.ECAlgorithm.to_jwk(key.public_key())), "kid": "svid-1"}]}))
+    trusted = TrustedIssuer(issuer="https://spire.example.test", jwks=str(jwks), audience="wardgate", algorithms=["ES256"],
+                            token_types=["", "JWT"], agent_claim="sub", agent_prefix="spiffe://example.org/agent/",
+                            user_claim="sub", tenant="acme")
+    now = int(time.time())
+    token = jwt.encode({"iss": trusted.issuer, "aud": "wardgate", "sub": "spiffe://example.org/agent/bench-bot",
+                        "iat": now, "exp": now + 600}, key, algorithm="ES256", headers={"kid": "svid-1"})
+    results: dict[str, float] = {}
+    for label, cache_size in (("no cache", 0), ("cache", 4096)):
+        verifier = TokenVerifier(keys, settings, directory, view, issuers=[ExternalIssuer(trusted)], cache_size=cache_size)
+        await verifier.verify(token)  # warm: fetches the key set
+        started = time.perf_counter()
+        for _ in range(ROUNDS):
+            await verifier.verify(token)
+        results[label] = (time.perf_counter() - started) / ROUNDS * 1e6
+    return results
 
 
 def status(url: str, proxy: str) -> int:

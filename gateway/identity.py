@@ -23,7 +23,7 @@ import jwt
 
 from .agents import AgentDirectory
 from .errors import IdentityError
-from .issuers import ExternalIssuer
+from .issuers import ExternalIssuer, IssuerKey
 from .keys import KeyRing, algorithm_for
 from .revocations import RevocationView
 from .settings import IdentitySettings
@@ -142,6 +142,18 @@ def _decode(
         raise _invalid("token signature or claims are invalid") from None
 
 
+@dataclass(frozen=True, slots=True)
+class _HeldKey:
+    """The external issuer's key that verified a cached token."""
+
+    issuer: ExternalIssuer
+    kid: str
+    key: IssuerKey
+
+    def held(self) -> bool:
+        return self.issuer.current(self.kid) is self.key
+
+
 class TokenVerifier:
     """Token → :class:`Principal`, or :class:`IdentityError` with a stable code."""
 
@@ -164,33 +176,41 @@ class TokenVerifier:
         self._revocations = revocations
         self._issuers = {issuer.settings.issuer: issuer for issuer in issuers or []}
         self._keys_loaded_at = time.monotonic()
-        # Verified tokens of our own issuer → Principal. Only the signature and claim checks are
-        # cached; expiry and revocation are checked on every request (check_live).
-        self._cache: dict[str, Principal] = {}
+        # Verified tokens → Principal. Only the signature and claim checks are cached; expiry,
+        # revocation and the agent's standing are checked on every request (check_live). An
+        # external issuer's token also keeps the key that verified it: it is used from the cache
+        # only while that issuer's current key set (within its max_age) still holds that key.
+        self._cache: dict[str, tuple[Principal, _HeldKey | None]] = {}
         self._cache_size = cache_size
+        self.verifications = 0  # tokens checked in full (signature and claims), not found in the cache
 
     async def verify(self, token: str) -> Principal:
-        principal = self._cache.get(token)
-        if principal is None:
-            principal = await self._verify_uncached(token)
-            if self._cache_size and principal.issuer == self._settings.issuer:
+        cached = self._cache.get(token)
+        if cached is not None and cached[1] is not None and not cached[1].held():
+            del self._cache[token]  # the issuer's keys changed or aged out: verify it again
+            cached = None
+        if cached is None:
+            cached = await self._verify_uncached(token)
+            if self._cache_size:
                 if len(self._cache) >= self._cache_size:
                     self._cache.pop(next(iter(self._cache)))  # oldest first
-                self._cache[token] = principal
+                self._cache[token] = cached
+        principal = cached[0]
         await self.check_live(principal)
         return principal
 
-    async def _verify_uncached(self, token: str) -> Principal:
+    async def _verify_uncached(self, token: str) -> tuple[Principal, _HeldKey | None]:
+        self.verifications += 1
         header = self._header(token)
         external = self._external_issuer(token) if self._issuers else None
         if external is not None:
             return await self._verify_external(token, header, external)
         try:
-            return self._verify_own(token, header)
+            return self._verify_own(token, header), None
         except IdentityError as error:
             if error.code != "identity_unknown_key" or not await self._reload_keys():
                 raise
-            return self._verify_own(token, header)
+            return self._verify_own(token, header), None
 
     async def _reload_keys(self) -> bool:
         if self._keys.folder is None or time.monotonic() - self._keys_loaded_at < self.KEY_RELOAD_INTERVAL:
@@ -247,7 +267,8 @@ class TokenVerifier:
         claims = _decode(token, key, str(alg), settings.audience, settings.issuer, settings.leeway, _REQUIRED_CLAIMS)
         return self._principal(claims, kid)
 
-    async def _verify_external(self, token: str, header: dict[str, object], issuer: ExternalIssuer) -> Principal:
+    async def _verify_external(self, token: str, header: dict[str, object],
+                               issuer: ExternalIssuer) -> tuple[Principal, _HeldKey]:
         trusted = issuer.settings
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in trusted.algorithms:
@@ -272,7 +293,7 @@ class TokenVerifier:
         if expires - issued > self._settings.max_ttl:
             raise _invalid("token lifetime exceeds the configured cap", "identity_ttl_exceeded")
         run = claims.get("run")
-        return Principal(
+        principal = Principal(
             **issuer.identity(claims, token),
             issuer=trusted.issuer,
             issued_at=float(issued),
@@ -280,6 +301,7 @@ class TokenVerifier:
             run=run if isinstance(run, str) else None,
             key_id=f"{trusted.issuer}#{kid}",
         )
+        return principal, _HeldKey(issuer, kid, key)
 
     def _principal(self, claims: dict[str, object], kid: str) -> Principal:
         settings = self._settings

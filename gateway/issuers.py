@@ -135,6 +135,15 @@ class ExternalIssuer:
             raise IdentityError("token is signed by an unknown key", code="identity_unknown_key")
         return found
 
+    def current(self, kid: str) -> IssuerKey | None:
+        """The key ``kid`` names in the key set held now, if that set is within its maximum age.
+
+        The verified-token cache (gateway/identity.py) keeps an external token only while this
+        still answers the key that verified it."""
+        if self._fetched_at is None or time.monotonic() - self._fetched_at > self.settings.max_age:
+            return None
+        return self._keys.get(kid)
+
     async def run(self) -> None:
         """Scheduled refresh; after a failure, retry at the refetch interval instead."""
         while True:
