@@ -25,6 +25,7 @@ from wardgate.gateway.usage import extract_usage
 
 from .call import KEY, Call, call_of
 from .event_streams import STREAM_BYTES, STREAM_SAMPLE
+from .large_responses import OVER_CAP
 from .upstream_timeout import CONNECT_TIMED_OUT
 from .websocket_limits import ended_for_size
 
@@ -124,6 +125,8 @@ class AuditTrail:
             code, status = "client_disconnected", None
         elif message == CONNECT_TIMED_OUT.lower():
             code, status = "upstream_connect_timeout", 504
+        elif message == OVER_CAP.lower():
+            code, status = "response_uninspectable", 502
         elif "timeout" in message or "timed out" in message:
             code, status = "upstream_timeout", 504
         else:

@@ -16,8 +16,10 @@ RSS) in the proxy process, reached the agent only once it was all in, and had to
 The threshold is ``limits.response_buffer_bytes`` for a call that carries no credential (this
 addon); a call that carries one is decided by StreamScrubber (proxy/scrub.py), with the service's
 ``inspection_limit`` and its scrubber in the relay, and a ``sensitive`` service's body is never
-relayed. Left buffered: MCP calls (McpGateway reads their answers whole), answers made at the
-gateway, refused calls, bodies an earlier addon wants whole (``STREAM_BUFFERED``).
+relayed: it is refused (502 ``response_uninspectable``) as soon as more than its limit has arrived
+(``BUFFER_CAP``), rather than once all of it is held. Left buffered: MCP calls (McpGateway reads
+their answers whole), answers made at the gateway, refused calls, bodies an earlier addon wants
+whole (``STREAM_BUFFERED``).
 
 A relayed body goes through :class:`~.event_streams.Relay` (the outcome record gets its byte count
 and its first and last 64 KiB) and must keep coming: UpstreamTimeout cuts it after
@@ -28,10 +30,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from mitmproxy import flow as mflow
 from mitmproxy import http
 from mitmproxy.net.http import http1
 from mitmproxy.proxy.layers import http as http_layer
-from mitmproxy.proxy.layers.http._events import ResponseData
+from mitmproxy.proxy.layers.http._events import (
+    RequestProtocolError,
+    ResponseData,
+    ResponseProtocolError,
+)
+from mitmproxy.proxy.layers.http._hooks import HttpErrorHook
 
 from .call import KEY
 from .event_streams import STREAM_BUFFERED, Relay
@@ -41,6 +49,10 @@ from .inject import INJECTED
 # gives the stream callable to relay it with (None: keep buffering).
 STREAM_LATER = "wardgate.stream_later"
 LaterStream = tuple[int, Callable[[http.HTTPFlow], "Relay | None"]]
+# A body that must be judged whole and may not exceed this many bytes (a sensitive service's
+# inspection_limit): once more has arrived, the call is answered 502 and the upstream dropped.
+BUFFER_CAP = "wardgate.buffer_cap"
+OVER_CAP = "the upstream response body exceeds what wardgate may hold to inspect it"
 
 
 def announced_size(flow: http.HTTPFlow) -> int | None:
@@ -91,13 +103,33 @@ def _relay(flow: http.HTTPFlow) -> Relay:
     return Relay(flow, [], idle_bound=True)
 
 
+def _refuse_over_cap(stream: http_layer.HttpStream):  # type: ignore[no-untyped-def]
+    """What mitmproxy does for its own body_size_limit: the agent gets 502 (rendered by
+    protocol_errors as response_uninspectable), the upstream connection is closed, and the error
+    hook gives AuditTrail the outcome."""
+    stream.response_body_buf.clear()
+    stream.flow.error = mflow.Error(OVER_CAP)
+    yield HttpErrorHook(stream.flow)
+    yield http_layer.SendHttp(ResponseProtocolError(stream.stream_id, OVER_CAP, 502), stream.context.client)
+    stream.client_state = stream.state_errored
+    yield http_layer.SendHttp(RequestProtocolError(stream.stream_id, OVER_CAP, 502), stream.context.server)
+    stream.server_state = stream.state_errored
+    stream.flow.live = False
+
+
 def install() -> None:
-    """Relay an unknown-length body once it passes its flow's ``STREAM_LATER`` threshold."""
+    """Relay an unknown-length body once it passes its flow's ``STREAM_LATER`` threshold; refuse a body
+    that must stay whole once it passes its ``BUFFER_CAP``."""
     consume = http_layer.HttpStream.state_consume_response_body
     original = getattr(consume, "wardgate_original", consume)
 
     def consume_or_relay(stream: http_layer.HttpStream, event):  # type: ignore[no-untyped-def]
         yield from original(stream, event)
+        cap: int | None = stream.flow.metadata.get(BUFFER_CAP)
+        if (cap is not None and isinstance(event, ResponseData) and len(stream.response_body_buf) > cap
+                and stream.server_state == stream.state_consume_response_body):
+            yield from _refuse_over_cap(stream)
+            return
         later: LaterStream | None = stream.flow.metadata.get(STREAM_LATER)
         if (later is None or not isinstance(event, ResponseData) or len(stream.response_body_buf) <= later[0]
                 or stream.server_state != stream.state_consume_response_body):

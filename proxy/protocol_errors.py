@@ -14,6 +14,8 @@ from mitmproxy.proxy.layers.http import _http1
 
 from wardgate.gateway.errors import UpstreamConnectTimeout, WardgateError, to_response
 
+from .large_responses import OVER_CAP
+from .scrub import uninspectable
 from .upstream_timeout import CONNECT_TIMED_OUT
 
 _CODES = {
@@ -35,6 +37,8 @@ _MESSAGES = {
 def _status_error(status_code: int, message: str = "") -> WardgateError:
     if message == CONNECT_TIMED_OUT:
         return UpstreamConnectTimeout("the upstream did not accept the connection in time; nothing was sent")
+    if message == OVER_CAP:
+        return uninspectable("inspection_limit_exceeded")
     code = _CODES.get(status_code, "upstream_error" if status_code >= 500 else "bad_request")
     default = "the upstream could not be reached or failed" if status_code >= 500 else "the request was malformed"
     return WardgateError(_MESSAGES.get(status_code, default), code=code)

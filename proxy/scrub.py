@@ -41,7 +41,7 @@ from wardgate.gateway.errors import UpstreamError
 from .call import Call, call_of
 from .event_streams import Relay
 from .inject import BINDING, INJECTED
-from .large_responses import STREAM_LATER, announced_size
+from .large_responses import BUFFER_CAP, STREAM_LATER, announced_size
 from .refusals import refuse
 
 REPLACEMENT = b"[wardgate:scrubbed]"
@@ -137,7 +137,8 @@ class StreamScrubber:
         size = announced_size(flow)
         over_limit = size is not None and size > service.inspection_limit
         if over_limit and service.sensitive:
-            response.stream = False  # buffered, then refused by ResponseScrubber
+            response.stream = False  # refused once more than the limit has arrived (large_responses)
+            flow.metadata[BUFFER_CAP] = service.inspection_limit
             return
         if isinstance(response.stream, Relay):  # an event stream relayed by EventStreams: scrub first
             scrub = self._scrubbing(flow, injected, call)
@@ -147,7 +148,8 @@ class StreamScrubber:
         if size == 0:
             return
         if service.sensitive:
-            response.stream = False  # buffered whole; over the limit ResponseScrubber refuses it
+            response.stream = False  # buffered whole, refused as soon as it outgrows the limit
+            flow.metadata[BUFFER_CAP] = service.inspection_limit
             return
         start = partial(self._relay, injected, call)
         if over_limit or response.stream:  # never relayed unscrubbed, whoever asked for streaming

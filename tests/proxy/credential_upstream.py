@@ -94,6 +94,19 @@ class CredentialUpstream:
             await response.write(body[cut:])
             await response.write_eof()
             return response
+        if kind == "bigstall":
+            # Over the inspection limit, then nothing for longer than any client waits: a gateway that
+            # buffered it whole before judging it would hold the agent (and the bytes) that long.
+            response = web.StreamResponse()
+            response.enable_chunked_encoding()
+            await response.prepare(request)
+            await response.write(b"s" * 8192)
+            for _ in range(600):  # 60 s, or until the gateway hangs up
+                if request.transport is None or request.transport.is_closing():
+                    return response
+                await asyncio.sleep(0.1)
+            await response.write_eof()
+            return response
         if kind == "sse":
             # An event stream echoing the credential, split across writes mid-secret.
             secret = request.headers.get("Authorization", "").split(" ")[-1].encode()
