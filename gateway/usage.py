@@ -81,21 +81,29 @@ def _from_sse(text: str) -> dict[str, Any] | None:
     return found
 
 
+def _media(content_type: str | None) -> str:
+    return (content_type or "").split(";", 1)[0].strip().lower()
+
+
+def may_report_usage(content_type: str | None) -> bool:
+    """Whether a body of this media type is one extract_usage reads (JSON or an event stream), so
+    that callers decode only those."""
+    media = _media(content_type)
+    return media in ("text/event-stream", "application/json") or media.endswith("+json")
+
+
 def extract_usage(content_type: str | None, body: bytes | None) -> dict[str, Any] | None:
     """The usage an LLM API reported in ``body``, or None when it is not such a response."""
-    if not body or len(body) > MAX_BODY:
+    if not body or len(body) > MAX_BODY or not may_report_usage(content_type):
         return None
     # Every recognised shape has a "usage" key; without those bytes (or a \u escape, or the NULs
     # of UTF-16/32 JSON, that could spell them) there is nothing to find, and a response that
     # cannot hold usage is not worth a JSON parse on the proxy's event loop.
     if b"usage" not in body and b"\\u" not in body and b"\x00" not in body:
         return None
-    media = (content_type or "").split(";", 1)[0].strip().lower()
     try:
-        if media == "text/event-stream":
+        if _media(content_type) == "text/event-stream":
             return _from_sse(body.decode("utf-8", "replace"))
-        if media == "application/json" or media.endswith("+json"):
-            return _from_json(json.loads(body))
+        return _from_json(json.loads(body))
     except (ValueError, UnicodeDecodeError, RecursionError):
         return None
-    return None

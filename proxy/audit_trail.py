@@ -21,9 +21,10 @@ import time
 from mitmproxy import http
 
 from wardgate.gateway.audit_writer import AuditLog
-from wardgate.gateway.usage import extract_usage
+from wardgate.gateway.usage import MAX_BODY, extract_usage, may_report_usage
 
 from .call import KEY, Call, call_of
+from .decoding import decoded
 from .event_streams import STREAM_BYTES, STREAM_SAMPLE
 from .large_responses import OVER_CAP
 from .upstream_timeout import CONNECT_TIMED_OUT
@@ -54,7 +55,7 @@ class AuditTrail:
             self._open_websockets[call.call_id] = flow
             return
         if flow.response.raw_content is not None:
-            body = flow.response.get_content(strict=False)
+            body = _usage_body(flow.response)
             sent = len(flow.response.raw_content)
         else:  # relayed as it arrived (proxy/event_streams.py): the head and tail it kept
             body = flow.metadata.get(STREAM_SAMPLE)
@@ -141,3 +142,16 @@ class AuditTrail:
                 latency_total_ms=(now - call.started) * 1000,
             )
         )
+
+
+def _usage_body(response: http.Response) -> bytes | None:
+    """The body usage may be read from: decoded only for the media types that can report it, and
+    never inflated past what extract_usage would read (proxy/decoding.py)."""
+    assert response.raw_content is not None
+    content_type = response.headers.get("content-type")
+    if not may_report_usage(content_type):
+        return None
+    try:
+        return decoded(response.raw_content, response.headers.get("content-encoding"), MAX_BODY)
+    except ValueError:
+        return None

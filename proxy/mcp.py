@@ -38,6 +38,7 @@ from wardgate.gateway.policy import McpInput, PolicyClient
 from wardgate.gateway.settings import McpSettings
 
 from .call import Call, call_of
+from .decoding import decoded
 from .egress import policy_input
 from .event_streams import STREAM_BUFFERED, STREAM_FILTERS
 from .refusals import refuse
@@ -128,8 +129,8 @@ class McpGateway:
         declared = self._declared(flow)
         body = flow.request.raw_content or b""
         try:
-            try:
-                body = flow.request.get_content(strict=True) or b""
+            try:  # never inflated past the size limit parse_body enforces (proxy/decoding.py)
+                body = decoded(body, flow.request.headers.get("content-encoding"), self._settings.max_body_bytes)
             except ValueError:  # a content-encoding that does not decode
                 raise BadRequest("the MCP message is not valid JSON", code="mcp_body_invalid") from None
             value = parse_body(body, max_bytes=self._settings.max_body_bytes, max_depth=self._settings.max_depth)
@@ -184,24 +185,32 @@ class McpGateway:
         try:
             await self._filter_listing(flow, call)
         except WardgateError as error:
-            rendered = _render(error, call.call_id, request_id=_request_id(flow))
+            render = call.render_error or partial(_render, request_id=None)  # set, with the id, by _inspect
+            rendered = render(error, call.call_id)
             flow.response = http.Response.make(rendered.status, rendered.body, rendered.headers)
 
     async def _filter_listing(self, flow: http.HTTPFlow, call: Call) -> None:
         response = flow.response
         assert response is not None
         media = _media_type(response.headers)
-        text = response.get_text(strict=False) or ""
+        limit = self._settings.max_body_bytes
+        try:
+            body = decoded(response.raw_content or b"", response.headers.get("content-encoding"), limit)
+        except ValueError:
+            return
+        if len(body) > limit:  # like an answer that does not parse: passed on as it came
+            log.info("call %s: tools/list answer larger than %d bytes, not filtered", call.call_id, limit)
+            return
         if _is_json(media):
             try:
-                message = json.loads(text)
+                message = json.loads(body)
             except ValueError:
                 return
             allowed = await self._allowed_tools(flow, tool_names(message.get("result") if isinstance(message, dict) else None))
             response.text = json.dumps(filter_tools(message, allowed), separators=(",", ":"))
         elif media == "text/event-stream":
             splitter = SseSplitter()
-            events = splitter.feed(text.encode())
+            events = splitter.feed(body)
             out = []
             for event in events:
                 data = event.data
@@ -243,12 +252,6 @@ class McpGateway:
 
 def _lists_tools(call: Call) -> bool:
     return call.mcp is not None and call.mcp.method == "tools/list" and call.decision is not None and call.decision.allow
-
-
-def _request_id(flow: http.HTTPFlow) -> str | int | None:
-    value = _json_or_none(flow.request.get_text(strict=False) or "")
-    found = value.get("id") if isinstance(value, dict) else None
-    return found if isinstance(found, (str, int)) and not isinstance(found, bool) else None
 
 
 def _json_or_none(text: str) -> object:

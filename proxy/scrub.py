@@ -29,7 +29,7 @@ from collections.abc import Callable, Coroutine
 from functools import partial
 from typing import Any
 
-import brotli
+import brotlicffi
 import zstandard
 from mitmproxy import http
 
@@ -39,12 +39,17 @@ from wardgate.gateway.credentials import Injected
 from wardgate.gateway.errors import UpstreamError
 
 from .call import Call, call_of
+from .decoding import decoded, incremental
 from .event_streams import Relay
 from .inject import BINDING, INJECTED
 from .large_responses import BUFFER_CAP, STREAM_LATER, announced_size
 from .refusals import refuse
 
 REPLACEMENT = b"[wardgate:scrubbed]"
+# A buffered body of a service that is not sensitive may inflate to this many times its
+# inspection_limit (256 MiB by default) to be scrubbed; past that it is refused
+# (decoded_size_exceeded) rather than inflated: a few KB can decode to gigabytes (proxy/decoding.py).
+DECODED_FACTOR = 64
 
 
 def uninspectable(reason: str) -> UpstreamError:
@@ -52,23 +57,6 @@ def uninspectable(reason: str) -> UpstreamError:
         "the upstream response could not be inspected for leaked credentials", code="response_uninspectable",
         reasons=[reason],
     )
-
-
-def _decoder(encoding: str) -> Callable[[bytes], bytes] | None:
-    """An incremental decoder for ``encoding``; identity → pass-through; unknown → None."""
-    encoding = encoding.strip().lower()
-    if encoding in ("", "identity", "none"):
-        return lambda data: data
-    if encoding in ("gzip", "x-gzip", "deflate"):
-        inflater = zlib.decompressobj(zlib.MAX_WBITS | 32)  # gzip or zlib framing, told apart by header
-        return lambda data: inflater.decompress(data) if data else inflater.flush()
-    if encoding == "br":
-        brotli_decoder = brotli.Decompressor()
-        return lambda data: brotli_decoder.process(data) if data else b""
-    if encoding == "zstd":
-        zstd_decoder = zstandard.ZstdDecompressor().decompressobj()
-        return lambda data: zstd_decoder.decompress(data) if data else b""
-    return None
 
 
 class StreamingScrub:
@@ -86,7 +74,7 @@ class StreamingScrub:
         end = chunk == b""  # mitmproxy signals the end of the body with an empty chunk
         try:
             data = self._carry + self._decode(chunk)
-        except (zlib.error, brotli.error, zstandard.ZstdError):
+        except (ValueError, zlib.error, brotlicffi.error, zstandard.ZstdError):
             # Headers are gone already; ending the connection is the only refusal left.
             raise ValueError("the streamed response could not be decoded for scrubbing") from None
         if end:
@@ -167,7 +155,7 @@ class StreamScrubber:
         """The body scrubbed in flight, decoded: None (buffered, then refused) for an unknown encoding."""
         response = flow.response
         assert response is not None
-        decode = _decoder(response.headers.get("content-encoding", ""))
+        decode = incremental(response.headers.get("content-encoding", ""))
         if decode is None:
             response.stream = False
             return None
@@ -194,14 +182,14 @@ class ResponseScrubber:
         limit, sensitive = binding.service.inspection_limit, binding.service.sensitive
         if sensitive and len(response.raw_content) > limit:
             return refuse(flow, uninspectable("inspection_limit_exceeded"), self._audit, self._audit_timeout)
+        cap = limit if sensitive else limit * DECODED_FACTOR
         try:
-            body = response.get_content(strict=True)
+            body = decoded(response.raw_content, response.headers.get("content-encoding"), cap)
         except ValueError:
             return refuse(flow, uninspectable("unknown_content_encoding"), self._audit, self._audit_timeout)
-        if body is None:
-            return None
-        if sensitive and len(body) > limit:
-            return refuse(flow, uninspectable("inspection_limit_exceeded"), self._audit, self._audit_timeout)
+        if len(body) > cap:
+            reason = "inspection_limit_exceeded" if sensitive else "decoded_size_exceeded"
+            return refuse(flow, uninspectable(reason), self._audit, self._audit_timeout)
         cleaned, count = injected.scrub(body, REPLACEMENT)
         if count:
             response.set_content(cleaned)

@@ -19,6 +19,9 @@ from aiohttp import web
 from support import LoopbackServer, SeenRequest, server_tls
 
 
+BROTLI_BOMB = brotli.compress(bytes(300 << 20), quality=5)
+
+
 @dataclass
 class TokenEndpoint:
     """RFC 6749 refresh: each refresh token works once and is replaced (rotation)."""
@@ -94,6 +97,9 @@ class CredentialUpstream:
             await response.write(body[cut:])
             await response.write_eof()
             return response
+        if kind == "bomb":
+            # 300 MiB of zeros in about 500 bytes of brotli, as JSON: it must not be inflated to be scrubbed.
+            return web.Response(body=BROTLI_BOMB, headers={"Content-Encoding": "br", "Content-Type": "application/json"})
         if kind == "bigstall":
             # Over the inspection limit, then nothing for longer than any client waits: a gateway that
             # buffered it whole before judging it would hold the agent (and the bytes) that long.

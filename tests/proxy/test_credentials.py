@@ -365,13 +365,15 @@ def test_echoed_basic_and_url_encoded_forms_are_scrubbed(cred_gateway: Gateway, 
 @pytest.mark.parametrize(
     ("service", "kind", "reason"),
     [("bearer", "weird", "unknown_content_encoding"), ("sensitive", "big", "inspection_limit_exceeded"),
-     ("sensitive", "bigchunked", "inspection_limit_exceeded"), ("sensitive", "bigstall", "inspection_limit_exceeded")],
+     ("sensitive", "bigchunked", "inspection_limit_exceeded"), ("sensitive", "bigstall", "inspection_limit_exceeded"),
+     ("bearer", "bomb", "decoded_size_exceeded"), ("sensitive", "bomb", "inspection_limit_exceeded")],
 )
 def test_uninspectable_responses_are_refused(
     cred_gateway: Gateway, cred_upstream: CredentialUpstream, service: str, kind: str, reason: str
 ) -> None:
     """Refused, never passed through. A sensitive service's body is refused as soon as more than its
-    inspection limit has arrived (bigstall sends that much, then nothing for 60 s), not held whole."""
+    inspection limit has arrived (bigstall sends that much, then nothing for 60 s), not held whole;
+    a body that would inflate past what may be held to scrub it is refused, not inflated (bomb)."""
     path = f"/allowed/{kind}/{uuid.uuid4()}"
     response = call(cred_gateway, cred_upstream.url(PORT[service], path))
     assert response.status_code == 502 and response.headers["X-Wardgate-Error"] == "response_uninspectable"
