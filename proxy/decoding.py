@@ -34,7 +34,7 @@ def decoded(raw: bytes, encoding: str | None, limit: int) -> bytes:
     name = (encoding or "").strip().lower()
     cap = limit + 1
     if name in IDENTITY:
-        return raw[:cap]
+        return raw if len(raw) <= cap else raw[:cap]  # no copy of a body within the limit
     if not raw:
         return b""
     try:
