@@ -17,9 +17,9 @@ The threshold is ``limits.response_buffer_bytes`` for a call that carries no cre
 addon); a call that carries one is decided by StreamScrubber (proxy/scrub.py), with the service's
 ``inspection_limit`` and its scrubber in the relay, and a ``sensitive`` service's body is never
 relayed: it is refused (502 ``response_uninspectable``) as soon as more than its limit has arrived
-(``BUFFER_CAP``), rather than once all of it is held. Left buffered: MCP calls (McpGateway reads
-their answers whole), answers made at the gateway, refused calls, bodies an earlier addon wants
-whole (``STREAM_BUFFERED``).
+(``BUFFER_CAP``), rather than once all of it is held. An MCP tools/list answer, which McpGateway
+filters whole, is relayed (unfiltered) only past ``[mcp] max_body_bytes``. Left buffered: answers
+made at the gateway, refused calls, other bodies an earlier addon wants whole (``STREAM_BUFFERED``).
 
 A relayed body goes through :class:`~.event_streams.Relay` (the outcome record gets its byte count
 and its first and last 64 KiB) and must keep coming: UpstreamTimeout cuts it after
@@ -42,7 +42,7 @@ from mitmproxy.proxy.layers.http._events import (
 from mitmproxy.proxy.layers.http._hooks import HttpErrorHook
 
 from .call import KEY
-from .event_streams import STREAM_BUFFERED, Relay
+from .event_streams import STREAM_BUFFERED, STREAM_FILTERS, Relay
 from .inject import INJECTED
 
 # (threshold, start): once more than threshold bytes of an unknown-length body are held, start(flow)
@@ -80,27 +80,34 @@ def announced_size(flow: http.HTTPFlow) -> int | None:
 
 
 class LargeResponses:
-    def __init__(self, threshold: int) -> None:
+    def __init__(self, threshold: int, listing_threshold: int) -> None:
         self._threshold = threshold
+        self._listing_threshold = listing_threshold
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         response = flow.response
         if (response is None or response.stream or response.raw_content is not None
-                or flow.metadata.get("wardgate.refused") or flow.metadata.get(STREAM_BUFFERED)
-                or INJECTED in flow.metadata or STREAM_LATER in flow.metadata):
+                or flow.metadata.get("wardgate.refused") or INJECTED in flow.metadata
+                or STREAM_LATER in flow.metadata):
             return
         call = flow.metadata.get(KEY)
-        if call is not None and call.mcp is not None:
+        # An MCP tools/list answer is filtered whole (McpGateway), up to [mcp] max_body_bytes; past
+        # that it is passed on unfiltered, as an answer that does not parse always was, and relayed.
+        listing = call is not None and call.mcp is not None and call.mcp.method == "tools/list"
+        if flow.metadata.get(STREAM_BUFFERED) and not listing:
             return
+        threshold = self._listing_threshold if listing else self._threshold
         size = announced_size(flow)
         if size is None:
-            flow.metadata[STREAM_LATER] = (self._threshold, _relay)
-        elif size > self._threshold:
+            flow.metadata[STREAM_LATER] = (threshold, _relay)
+        elif size > threshold:
             response.stream = _relay(flow)
 
 
 def _relay(flow: http.HTTPFlow) -> Relay:
-    return Relay(flow, [], idle_bound=True)
+    assert flow.response is not None
+    event_stream = flow.response.headers.get("content-type", "").startswith("text/event-stream")
+    return Relay(flow, list(flow.metadata.get(STREAM_FILTERS, [])), idle_bound=not event_stream)
 
 
 def _refuse_over_cap(stream: http_layer.HttpStream):  # type: ignore[no-untyped-def]

@@ -297,7 +297,7 @@ async def serve(
                 EventStreams(),
                 credentials.stream_scrubber,
                 # `responseheaders`, after the scrubber decided for calls carrying a credential.
-                LargeResponses(settings.limits.response_buffer_bytes),
+                LargeResponses(settings.limits.response_buffer_bytes, settings.mcp.max_body_bytes),
                 upstream_deadline,
                 # `server_connect` hook, after DestinationPin chose the address to dial.
                 connect_deadline,

@@ -10,6 +10,7 @@ that went out."""
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import threading
 import time
@@ -29,7 +30,8 @@ from wardgate.proxy.large_responses import announced_size
 
 THRESHOLD = 64 * 1024
 UPSTREAM_TIMEOUT = 1.5
-LIMITS = f"\n[limits]\nresponse_buffer_bytes = {THRESHOLD}\nupstream_timeout = {UPSTREAM_TIMEOUT}\nidle_timeout = 60\n"
+LIMITS = (f"\n[limits]\nresponse_buffer_bytes = {THRESHOLD}\nupstream_timeout = {UPSTREAM_TIMEOUT}\nidle_timeout = 60\n"
+          f"\n[mcp]\nmax_body_bytes = {THRESHOLD}\n")
 HEAD = 4 * THRESHOLD  # sent before the upstream waits for the agent
 TAIL = 16 * 1024
 PIECE = 16 * 1024
@@ -89,6 +91,7 @@ class HoldingUpstream:
         def build() -> web.Application:
             app = web.Application()
             app.router.add_get("/allowed/hold/{framing}/{key}", self._hold)
+            app.router.add_post("/allowed/hold/{framing}/{key}", self._hold)  # an MCP server's answer
             app.router.add_get("/allowed/drip/{framing}/{key}", self._drip)
             return app
 
@@ -191,6 +194,31 @@ def test_a_large_body_reaches_the_agent_while_the_upstream_still_sends_it(
     assert bytes(received) == bytes(range(256)) * ((HEAD + TAIL) // 256)
     outcome = relaying.outcome_for(path)
     assert (outcome["status"], outcome["bytes_out"], outcome["error"]) == (200, HEAD + TAIL, None)
+
+
+MCP_HEADERS = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream",
+               "MCP-Protocol-Version": "2025-11-25"}
+
+
+@pytest.mark.parametrize("method", ["tools/call", "tools/list"])
+def test_a_large_mcp_answer_is_relayed_too(relaying: Gateway, holding: HoldingUpstream, method: str) -> None:
+    """An MCP answer is relayed past the threshold like any other; a tools/list answer, which the
+    gateway filters whole, past [mcp] max_body_bytes (then unfiltered, as one that does not parse)."""
+    key = str(uuid.uuid4())
+    path = f"/allowed/hold/chunked/{key}"
+    message = {"jsonrpc": "2.0", "id": 1, "method": method, "params": {"name": "search"} if method == "tools/call" else {}}
+    received = 0
+    with session(relaying) as client, client.post(holding.url("http", path), data=json.dumps(message), headers=MCP_HEADERS,
+                                                  stream=True, timeout=PATIENCE + 5) as response:
+        assert response.status_code == 200 and "X-Wardgate-Error" not in response.headers
+        for piece in response.iter_content(PIECE):
+            received += len(piece)
+            if received >= HEAD:
+                holding.release(key)
+    assert holding.tail_sent_because[key] == "released"
+    assert received == HEAD + TAIL
+    outcome = relaying.outcome_for(path)
+    assert (outcome["mcp_method"], outcome["bytes_out"]) == (method, HEAD + TAIL)  # judged as an MCP call
 
 
 def test_a_relayed_body_may_outlast_upstream_timeout_while_bytes_keep_coming(relaying: Gateway, holding: HoldingUpstream) -> None:
