@@ -27,6 +27,7 @@ import zstandard
 
 IDENTITY = ("", "identity", "none")
 CHUNK_LIMIT = 64 << 20  # what one relayed chunk (at most 64 KiB read at a time) may inflate to
+_ERRORS = (zlib.error, brotlicffi.error, zstandard.ZstdError)  # raised as ValueError
 
 
 def decoded(raw: bytes, encoding: str | None, limit: int) -> bytes:
@@ -54,7 +55,7 @@ def decoded(raw: bytes, encoding: str | None, limit: int) -> bytes:
         if name == "zstd":
             with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(raw), read_across_frames=True) as reader:
                 return _read(reader, cap)
-    except (zlib.error, brotlicffi.error, zstandard.ZstdError) as error:
+    except _ERRORS as error:
         raise ValueError(f"the {name} body does not decode ({type(error).__name__})") from None
     raise ValueError(f"unknown content-encoding {encoding!r}")
 
@@ -85,10 +86,24 @@ def _read(reader: io.RawIOBase, cap: int) -> bytes:
 
 def incremental(encoding: str | None, chunk_limit: int = CHUNK_LIMIT) -> Callable[[bytes], bytes] | None:
     """A decoder fed a body chunk by chunk (``b""`` at the end); None for an unknown coding. A chunk
-    that inflates past ``chunk_limit`` raises ValueError."""
+    that inflates past ``chunk_limit``, or does not decode, raises ValueError."""
     name = (encoding or "").strip().lower()
     if name in IDENTITY:
         return lambda data: data
+    decode = _chunk_decoder(name, chunk_limit)
+    if decode is None:
+        return None
+
+    def decoding(data: bytes) -> bytes:
+        try:
+            return decode(data)
+        except _ERRORS as error:
+            raise ValueError(f"the {name} body does not decode ({type(error).__name__})") from None
+
+    return decoding
+
+
+def _chunk_decoder(name: str, chunk_limit: int) -> Callable[[bytes], bytes] | None:
     if name in ("gzip", "x-gzip", "deflate"):
         return _Inflater(chunk_limit)
     if name == "br":

@@ -42,6 +42,16 @@ def test_bodies_that_do_not_decode_raise(name: str, raw: bytes) -> None:
         decoded(raw, name, len(BODY))
 
 
+@pytest.mark.parametrize(("name", "raw"), [("gzip", gzip.compress(BODY)[:10] + b"garbage" * 10),
+                                           ("br", b"\xff" * 64), ("zstd", b"\x28\xb5\x2f\xfd" + b"\xff" * 64)])
+def test_a_relayed_body_that_does_not_decode_raises_value_error(name: str, raw: bytes) -> None:
+    decode = incremental(name)
+    assert decode is not None
+    with pytest.raises(ValueError):
+        decode(raw)
+        decode(b"")
+
+
 @pytest.mark.parametrize(("name", "raw"), [entry for entry in encodings(BODY) if entry[0] != "deflate" or entry[1][:1] == b"x"])
 def test_relayed_bodies_decode_chunk_by_chunk(name: str, raw: bytes) -> None:
     decode = incremental(name)
