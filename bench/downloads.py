@@ -60,10 +60,7 @@ def serve(megabytes: int, ready: list[int]) -> None:
 
 
 def rss(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
+    return int(bench.rss_mb(pid) * (1 << 20))  # bytes
 
 
 def download(target: bench.Target, url: str, expected: int) -> tuple[float, float, int]:
