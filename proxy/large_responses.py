@@ -96,12 +96,18 @@ class LargeResponses:
         listing = call is not None and call.mcp is not None and call.mcp.method == "tools/list"
         if flow.metadata.get(STREAM_BUFFERED) and not listing:
             return
-        threshold = self._listing_threshold if listing else self._threshold
-        size = announced_size(flow)
-        if size is None:
-            flow.metadata[STREAM_LATER] = (threshold, _relay)
-        elif size > threshold:
-            response.stream = _relay(flow)
+        relay_past(flow, announced_size(flow), self._listing_threshold if listing else self._threshold, _relay)
+
+
+def relay_past(flow: http.HTTPFlow, size: int | None, threshold: int, start: Callable[[http.HTTPFlow], Relay | None]) -> None:
+    """Relay the body through ``start(flow)`` from its head if its announced ``size`` passes
+    ``threshold``, or, if its size is unknown, once more than ``threshold`` bytes of it have
+    arrived (``install``). ``start`` answering None keeps it buffered."""
+    assert flow.response is not None
+    if size is None:
+        flow.metadata[STREAM_LATER] = (threshold, start)
+    elif size > threshold:
+        flow.response.stream = start(flow) or False
 
 
 def _relay(flow: http.HTTPFlow) -> Relay:

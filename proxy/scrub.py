@@ -39,7 +39,7 @@ from .call import Call, call_of
 from .decoding import decoded, incremental
 from .event_streams import Relay
 from .inject import BINDING, INJECTED
-from .large_responses import BUFFER_CAP, STREAM_LATER, announced_size
+from .large_responses import BUFFER_CAP, announced_size, relay_past
 from .refusals import refuse
 
 REPLACEMENT = b"[wardgate:scrubbed]"
@@ -137,10 +137,10 @@ class StreamScrubber:
             flow.metadata[BUFFER_CAP] = service.inspection_limit
             return
         start = partial(self._relay, injected, call)
-        if over_limit or response.stream:  # never relayed unscrubbed, whoever asked for streaming
+        if response.stream:  # never relayed unscrubbed, whoever asked for streaming
             response.stream = start(flow) or False
-        elif size is None:  # unknown length: buffered until it passes the limit (proxy/large_responses.py)
-            flow.metadata[STREAM_LATER] = (service.inspection_limit, start)
+        else:
+            relay_past(flow, size, service.inspection_limit, start)
 
     @staticmethod
     def _relay(injected: Injected, call: Call, flow: http.HTTPFlow) -> Relay | None:
