@@ -54,13 +54,14 @@ class AuditTrail:
             flow.metadata[UPGRADED_AT] = now
             self._open_websockets[call.call_id] = flow
             return
+        content_type = flow.response.headers.get("content-type")
         if flow.response.raw_content is not None:
-            body = _usage_body(flow.response)
+            body = _usage_body(flow.response, content_type)
             sent = len(flow.response.raw_content)
         else:  # relayed as it arrived (proxy/event_streams.py): the head and tail it kept
             body = flow.metadata.get(STREAM_SAMPLE)
             sent = flow.metadata.get(STREAM_BYTES, 0)
-        usage = extract_usage(flow.response.headers.get("content-type"), body)
+        usage = extract_usage(content_type, body)
         self._audit.record_later(
             call.record(
                 flow,
@@ -144,11 +145,10 @@ class AuditTrail:
         )
 
 
-def _usage_body(response: http.Response) -> bytes | None:
+def _usage_body(response: http.Response, content_type: str | None) -> bytes | None:
     """The body usage may be read from: decoded only for the media types that can report it, and
     never inflated past what extract_usage would read (proxy/decoding.py)."""
     assert response.raw_content is not None
-    content_type = response.headers.get("content-type")
     if not may_report_usage(content_type):
         return None
     try:
