@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import shutil
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import aiohttp
@@ -85,6 +86,29 @@ def usable_cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+async def nondeterministic_builtins(binary: str, timeout: float = 10.0) -> frozenset[str]:
+    """The builtins this OPA binary marks non-deterministic (``opa capabilities --current``).
+
+    Raises ``DependencyUnavailable`` when the binary does not answer with its capabilities."""
+    process = await asyncio.create_subprocess_exec(
+        binary, "capabilities", "--current",
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        async with asyncio.timeout(timeout):
+            out, _ = await process.communicate()
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise DependencyUnavailable("opa capabilities did not answer in time", code="policy_unavailable") from None
+    try:
+        builtins = json.loads(out)["builtins"]
+        return frozenset(item["name"] for item in builtins if item.get("nondeterministic"))
+    except (ValueError, KeyError, TypeError):
+        raise DependencyUnavailable(f"opa capabilities exited {process.returncode} without its list",
+                                    code="policy_unavailable") from None
+
+
 async def wait_healthy(url: str, deadline: float) -> None:
     loop = asyncio.get_running_loop()
     end = loop.time() + deadline
@@ -115,6 +139,9 @@ class ManagedOpa:
         self._supervisor: asyncio.Task[None] | None = None
         self._stopping = False
         self._retiring: list[asyncio.subprocess.Process | None] = []
+        # Told when the OPA serving stops (it died) and when a restarted one serves (it may have
+        # loaded files that changed since): the decision cache must not outlive either.
+        self.on_change: Callable[[], None] | None = None
 
     @property
     def url(self) -> str:
@@ -177,14 +204,20 @@ class ManagedOpa:
             if self._stopping:
                 return
             log.warning("OPA exited with %s; restarting in %.1fs", code, backoff)
+            self._changed()
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)
             try:
                 await self._spawn()
                 await wait_healthy(self.url, self._settings.startup_timeout)
                 backoff = 0.2
+                self._changed()
             except (OSError, DependencyUnavailable) as exc:
                 log.error("OPA restart failed: %s", exc)
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
 
     async def stop(self) -> None:
         self._stopping = True

@@ -13,14 +13,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from datetime import datetime, timezone
 from typing import Any, Literal
 
+import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
 
+from .decision_cache import DecisionCache, Uncacheable, read_paths
 from .errors import DependencyUnavailable
 from .opa_transport import OpaTransport, OpaTransportError
+
+log = logging.getLogger("wardgate.policy")
 
 # Headers whose values are credentials or session state. Never shown to the policy.
 CREDENTIAL_HEADERS = frozenset(
@@ -158,18 +163,62 @@ class PolicyClient:
     per-query overhead was the largest part of the policy stage (docs/architecture.md).
     """
 
-    def __init__(self, url: str, decision_path: str, timeout: float, pool_size: int = 100) -> None:
+    def __init__(self, url: str, decision_path: str, timeout: float, pool_size: int = 100,
+                 cache_size: int = 0) -> None:
         self._path = "/v1/data/" + decision_path.strip("/").replace(".", "/")
+        self._entry = tuple(self._path.removeprefix("/v1/data/").split("/"))
         self._timeout = timeout
         self._pool_size = pool_size
+        self._url = url
         self._transport = OpaTransport(url, pool_size)
         self._closing: set[asyncio.Task[None]] = set()
         self._read: dict[bytes, Decision] = {}  # OPA's answer bytes -> the Decision they read as
         # Digest of the policy files being served, when wardgate manages OPA (audit: policy_revision).
         self.revision: str | None = None
+        # Off until allow_cache(): only an OPA whose policies and data change through wardgate may
+        # have its decisions reused (gateway/decision_cache.py).
+        self.cache = DecisionCache(cache_size)
+        self._nondeterministic: frozenset[str] | None = None
+
+    @property
+    def url(self) -> str:
+        return self._url
+
+    def allow_cache(self, nondeterministic: frozenset[str]) -> None:
+        """Let :meth:`read_policy` turn the decision cache on; ``nondeterministic``: OPA's builtins
+        whose answers are not a function of their arguments (``opa capabilities``)."""
+        self._nondeterministic = nondeterministic
+
+    async def read_policy(self) -> None:
+        """Key the decision cache by what the policy OPA serves now reads; off if that is unknown.
+
+        Called after OPA starts, restarts or is replaced. The cache is emptied and off from the
+        first line on, so no decision made before the change is reused after it."""
+        self.cache.scope(None, "reading the policy OPA serves")
+        generation = self.cache.generation
+        if self._nondeterministic is None:
+            self.cache.scope(None, "decisions are reused only from the OPA wardgate manages")
+            return
+        paths, why = None, ""
+        try:
+            modules = await served_modules(self._url, max(self._timeout, 5.0))
+            paths = read_paths(modules, self._nondeterministic, entry=self._entry)
+        except Uncacheable as reason:
+            why = str(reason)
+        except (aiohttp.ClientError, OSError, TimeoutError, ValueError, KeyError, TypeError):
+            why = "could not read the policy OPA serves"
+        if self.cache.generation != generation:
+            return  # changed again while reading: the newer read decides
+        self.cache.scope(paths, why)
+        if paths is not None and self.cache.on:
+            log.info("decision cache on, keyed by input.%s", ", input.".join(".".join(p) for p in paths))
+        else:
+            log.warning("decision cache off: %s", self.cache.why_off)
 
     async def retarget(self, url: str) -> None:
         """Send new queries to ``url``; queries already in flight finish on the old connections."""
+        self.cache.scope(None, "reading the policy OPA serves")
+        self._url = url
         old, self._transport = self._transport, OpaTransport(url, self._pool_size)
 
         async def close_later() -> None:
@@ -192,6 +241,13 @@ class PolicyClient:
         """The decision on ``document`` (a plain dict shaped like :class:`PolicyInput`, or the model)."""
         if isinstance(document, BaseModel):
             document = document.model_dump(mode="json", exclude_none=True)
+        cache = self.cache
+        key = cache.key(document)
+        if key is not None:
+            cached = cache.get(key)
+            if cached is not None:
+                return cached
+        generation = cache.generation
         body = json.dumps({"input": document}, separators=(",", ":")).encode()
         try:
             async with asyncio.timeout(self._timeout):
@@ -203,15 +259,15 @@ class PolicyClient:
         if status != 200:
             raise _unavailable("policy engine is unreachable or failed", "policy_error")
         # OPA answers most calls with one of a few byte-identical documents: the same bytes always
-        # read as the same (frozen) Decision, so a repeat skips json.loads and the checks. Every
-        # call is still decided by OPA; only the parsing of its answer is remembered.
-        known = self._read.get(raw)
-        if known is not None:
-            return known
-        decision = self._parse(raw)
-        if len(self._read) >= 256:
-            self._read.clear()
-        self._read[raw] = decision
+        # read as the same (frozen) Decision, so a repeat skips json.loads and the checks.
+        decision = self._read.get(raw)
+        if decision is None:
+            decision = self._parse(raw)
+            if len(self._read) >= 256:
+                self._read.clear()
+            self._read[raw] = decision
+        if key is not None:
+            cache.put(key, generation, decision)
         return decision
 
     @staticmethod
@@ -229,6 +285,16 @@ class PolicyClient:
         if decision is None:
             raise _unavailable("policy decision is malformed", "policy_malformed")
         return decision
+
+
+async def served_modules(url: str, timeout: float) -> list[dict[str, Any]]:
+    """The compiled modules OPA at ``url`` serves (``GET /v1/policies``), as its JSON AST."""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session:
+        async with session.get(f"{url}/v1/policies") as response:
+            if response.status != 200:
+                raise ValueError(f"OPA answered {response.status}")
+            answer = await response.json()
+    return [module["ast"] for module in answer["result"]]
 
 
 def _strings(value: object) -> bool:

@@ -146,6 +146,9 @@ class OpaSettings(_Section):
     # Managed mode: the OS threads OPA runs Go code on (its GOMAXPROCS). Unset: GOMAXPROCS from
     # wardgate's environment if there is one, else one per two proxy workers, at most one per CPU.
     threads: int | None = Field(default=None, ge=1, le=1024)
+    # Managed mode: how many decisions to reuse for calls that agree on every input field the policy
+    # reads (gateway/decision_cache.py, docs/policy.md); 0 = ask OPA for every call.
+    decision_cache: int = Field(default=4096, ge=0, le=1_000_000)
 
     @field_validator("timeout", "startup_timeout", "watch_interval", mode="before")
     @classmethod

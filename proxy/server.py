@@ -24,12 +24,12 @@ from wardgate.gateway.audit_process import AuditLink, AuditProcess
 from wardgate.gateway.audit_setup import writer_config
 from wardgate.gateway.destinations import DestinationGuard
 from wardgate.gateway.echo import build_echo_app
-from wardgate.gateway.errors import ConfigError
+from wardgate.gateway.errors import ConfigError, DependencyUnavailable
 from wardgate.gateway.idempotency import IdempotencyStore
 from wardgate.gateway.identity import TokenVerifier
 from wardgate.gateway.issuers import ExternalIssuer
 from wardgate.gateway.keys import KeyRing
-from wardgate.gateway.opa_process import ManagedOpa, wait_healthy
+from wardgate.gateway.opa_process import ManagedOpa, find_opa, nondeterministic_builtins, wait_healthy
 from wardgate.gateway.policy import PolicyClient
 from wardgate.gateway.policy_reload import PolicyReloader
 from wardgate.gateway.revocations import RevocationView, open_store
@@ -54,6 +54,7 @@ from .intent import IntentRecord
 from .large_responses import LargeResponses
 from .limits import Limits
 from .mcp import McpGateway
+from .policy_follow import PolicyFollower
 from .trace import TraceContext
 from .upstream_timeout import ConnectTimeout, UpstreamTimeout
 from .workers import WorkerOf, listen_with_reuse_port, run_workers
@@ -172,8 +173,14 @@ async def serve(
                 raise ConfigError('opa.url is required when opa.mode = "external"', code="config_invalid")
             opa_url = settings.opa.url.rstrip("/")
         policy = await stack.enter_async_context(
-            PolicyClient(opa_url, settings.opa.decision_path, settings.opa.timeout)
+            PolicyClient(opa_url, settings.opa.decision_path, settings.opa.timeout, cache_size=settings.opa.decision_cache)
         )
+        if settings.opa.decision_cache > 0 and (managed is not None or (worker_of is not None and worker_of.opa_managed)):
+            try:
+                policy.allow_cache(await nondeterministic_builtins(find_opa(settings.opa.binary)))
+            except (ConfigError, DependencyUnavailable, OSError) as error:
+                log.warning("decision cache off: %s", error)
+            await policy.read_policy()
 
         reloader: PolicyReloader | None = None
         if managed is not None:
@@ -229,6 +236,10 @@ async def serve(
         verifier = TokenVerifier(keys, settings.identity, directory, revocations, issuers)
         timeout = settings.audit.commit_timeout
         guard = DestinationGuard(settings.egress.unsafe_allow_ranges, resolve_timeout=settings.egress.resolve_timeout)
+        follower = PolicyFollower(policy, guard, settings.run_dir / "listeners.json")
+        stack.callback(follower.close)
+        if managed is not None:
+            managed.on_change = follower.opa_changed
         for address in (admin_addr, URL(opa_url).authority):
             host, _, port = address.rpartition(":")
             guard.protect(host, int(port))
@@ -318,6 +329,9 @@ async def serve(
 
         def reload_on_signal() -> None:
             # SIGHUP must never stop the gateway, whatever the OPA mode.
+            if worker_of is not None and worker_of.opa_managed:
+                follower.follow()  # sent by the first process: its OPA changed
+                return
             if reloader is None:
                 log.warning("SIGHUP: the external OPA reloads its own policies; nothing to do")
                 return
@@ -335,6 +349,7 @@ async def serve(
                     current = json.loads(listeners_file.read_text())
                     current.update(opa=url, opa_pid=managed.pid)
                     write_listeners(listeners_file, Listeners(**current))
+                follower.opa_changed()
 
             reloader.on_switch = opa_switched
 
@@ -352,9 +367,10 @@ async def serve(
                     assert isinstance(audit, AuditProcess) and audit.listen_path is not None
                     assert counts is not None
                     of = WorkerOf(listeners.proxy, opa_url, admin_addr, echo_addr, audit.listen_path, str(counts.path),
-                                  workers, os.getpid())
+                                  workers, os.getpid(), opa_managed=managed is not None)
                     listeners.workers = await stack.enter_async_context(
                         run_workers(workers - 1, of, audit.stop_timeout, on_exit=counts.forget))
+                    follower.workers = listeners.workers
                 write_listeners(settings.run_dir / "listeners.json", listeners)
             on_ready(listeners)
 

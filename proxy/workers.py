@@ -50,6 +50,7 @@ class WorkerOf:
     workers: int  # how many proxy processes, the first one included
     parent: int  # the first process: a worker does not outlive it (die_with_parent)
     index: int = 0  # this worker's place among them (the first process is 0)
+    opa_managed: bool = False  # the first process runs that OPA: it says when it changes (policy_follow)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

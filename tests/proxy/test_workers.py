@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import http.client
+import json
 import os
 import signal
 import socket
@@ -15,7 +16,16 @@ from pathlib import Path
 
 import requests
 
-from support import Upstream, audit_writer_pids, environment_of, get_on_new_connection, start_gateway, write_tenant_policy
+from support import (
+    Gateway,
+    Upstream,
+    audit_writer_pids,
+    environment_of,
+    get_on_new_connection,
+    start_gateway,
+    wait_until,
+    write_tenant_policy,
+)
 
 
 def owner_of(client_port: int, pids: list[int]) -> int | None:
@@ -195,3 +205,44 @@ def test_workers_never_outlive_the_gateway(tmp_path: Path) -> None:
         for pid in (worker, opa):  # the managed OPA outlives a SIGKILLed parent
             if pid and alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def status_on_new_connection(gw: Gateway, url: str, token: str) -> tuple[int, int | None]:
+    """(status, pid of the process that accepted) of one GET through the proxy on its own connection."""
+    connection = http.client.HTTPConnection(*gw.listeners["proxy"].rsplit(":", 1), timeout=10)
+    basic = "Basic " + base64.b64encode(f"agent:{token}".encode()).decode()
+    try:
+        connection.request("GET", url, headers={"Proxy-Authorization": basic})
+        response = connection.getresponse()
+        response.read()
+        return response.status, owner_of(connection.sock.getsockname()[1], [gw.process.pid, *gw.listeners["workers"]])
+    finally:
+        connection.close()
+
+
+def test_every_worker_follows_a_policy_reload(tmp_path: Path, upstream: Upstream) -> None:
+    """A reload starts a new OPA on another port and stops the old one after a grace period. Every
+    worker must move to the new one, and none may answer from decisions the old policy made (each
+    process remembers decisions: gateway/decision_cache.py)."""
+    policy = write_tenant_policy(tmp_path / "policy", "acme", [{"host": "127.0.0.1", "methods": ["GET"], "paths": ["/open"]}])
+    gw = start_gateway(tmp_path / "gw", policy_paths=[policy], up_args=["--workers", "2"],
+                       env={"WARDGATE_OPA__WATCH_INTERVAL": "0.2"})
+    try:
+        gw.create_agent("bot", "acme", ["read"])
+        token = gw.mint("bot", ttl=600)
+        both = {gw.process.pid, *gw.listeners["workers"]}
+        before = [status_on_new_connection(gw, f"{upstream.http_url}/closed/x", token) for _ in range(30)]
+        assert {status for status, _ in before} == {403} and {pid for _, pid in before} == both
+        first_opa = gw.listeners["opa"]
+
+        write_tenant_policy(policy, "acme", [{"host": "127.0.0.1", "methods": ["GET"], "paths": ["/open", "/closed"]}])
+        listeners_file = gw.settings.run_dir / "listeners.json"
+        assert wait_until(lambda: json.loads(listeners_file.read_text())["opa"] != first_opa), "policy reloaded"
+        time.sleep(3.0)  # past the old OPA's grace period ([opa] timeout + 2 s): it is gone now
+
+        after = [status_on_new_connection(gw, f"{upstream.http_url}/closed/x", token) for _ in range(30)]
+        assert {pid for _, pid in after} == both, "the kernel gave both processes connections"
+        assert {status for status, _ in after} == {200}, f"answered {sorted(after)}"
+    finally:
+        gw.stop()
+    assert "policy_unavailable" not in gw.log.read_text()
