@@ -26,6 +26,7 @@ from .audit_filters import query_from
 from .audit_setup import audit_source, keys_dir
 from .errors import AdminAuthError, BadRequest, NotFound, WardgateError, to_response
 from .keys import KeyRing
+from .policy import PolicyClient
 from .revocations import RevocationView
 from .revoker import Revoker
 from .settings import Settings
@@ -42,6 +43,7 @@ class AdminState:
     revoker: Revoker | None = None
     revocations: RevocationView | None = None
     directory: AgentDirectory | None = None
+    policy: PolicyClient | None = None
 
 
 STATE = web.AppKey("state", AdminState)
@@ -102,6 +104,15 @@ async def metrics(request: web.Request) -> web.Response:
         "wardgate_audit_batches_total": ("counter", "Group-commit transactions by this process.", audit.batches),
         "wardgate_audit_records_lost_total": ("counter", "Audit records neither stored nor spooled.", audit.lost),
     }
+    policy = request.app[STATE].policy
+    if policy is not None:
+        cache = policy.cache
+        gauges.update({
+            "wardgate_policy_cache_on": ("gauge", "1 when decisions are reused (gateway/decision_cache.py).", int(cache.on)),
+            "wardgate_policy_cache_entries": ("gauge", "Decisions held for reuse by this process.", len(cache)),
+            "wardgate_policy_cache_hits_total": ("counter", "Calls decided by a reused decision.", cache.hits),
+            "wardgate_policy_cache_misses_total": ("counter", "Calls the cache could key but OPA had to decide.", cache.misses),
+        })
     return web.Response(text=audit.metrics.render(gauges), content_type="text/plain")
 
 

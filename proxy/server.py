@@ -207,7 +207,7 @@ async def serve(
         )
         if worker_of is None:
             admin_app = admin.build_app(
-                admin.AdminState(settings, keys, registry, audit, token, ready, revoker, revocations, directory)
+                admin.AdminState(settings, keys, registry, audit, token, ready, revoker, revocations, directory, policy)
             )
             approval_api.install(admin_app, approvals)
             oauth_connect.add_routes(admin_app, credentials.connector)
