@@ -40,7 +40,8 @@ ALSO_UNCACHEABLE = frozenset({
     "print", "internal.print", "trace",
     "crypto.x509.parse_and_verify_certificates", "crypto.x509.parse_and_verify_certificates_with_options",
 })
-MAX_KEY = 16 << 10  # bytes; a larger key (long header values, big MCP arguments) is not cached
+MAX_KEY = 4 << 10  # bytes; a larger key (long header values, big MCP arguments) is not cached
+MAX_KEY_BYTES = 8 << 20  # all keys together: the least recently used go first past this
 
 Path = tuple[str, ...]
 
@@ -160,6 +161,7 @@ class DecisionCache:
     def __init__(self, capacity: int) -> None:
         self._capacity = capacity
         self._entries: OrderedDict[bytes, "Decision"] = OrderedDict()
+        self._key_bytes = 0
         self._paths: tuple[Path, ...] | None = None
         self.generation = 0
         self.hits = 0
@@ -178,6 +180,7 @@ class DecisionCache:
         """Forget every entry and key later calls by ``paths`` (None: off, for ``why_off``)."""
         self.generation += 1
         self._entries.clear()
+        self._key_bytes = 0
         self._paths = paths if self._capacity > 0 else None
         if self._capacity <= 0:
             why_off = "[opa] decision_cache = 0"
@@ -206,11 +209,13 @@ class DecisionCache:
 
     def put(self, key: bytes, generation: int, decision: "Decision") -> None:
         """Remember ``decision`` unless the policy changed since the query went out."""
-        if generation != self.generation or decision.decision_id is not None:
+        if generation != self.generation or decision.decision_id is not None or key in self._entries:
             return
         self._entries[key] = decision
-        if len(self._entries) > self._capacity:
-            self._entries.popitem(last=False)
+        self._key_bytes += len(key)
+        while len(self._entries) > self._capacity or self._key_bytes > MAX_KEY_BYTES:
+            old, _ = self._entries.popitem(last=False)
+            self._key_bytes -= len(old)
 
     def __len__(self) -> int:
         return len(self._entries)

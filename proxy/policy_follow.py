@@ -39,6 +39,7 @@ class PolicyFollower:
 
     def opa_changed(self) -> None:
         """The first process: its managed OPA was replaced, died or was restarted."""
+        self._policy.cache.scope(None, "OPA changed; reading what it serves")  # before any other call is decided
         self._run(self._policy.read_policy())
         for pid in self.workers:
             with contextlib.suppress(ProcessLookupError):
@@ -46,6 +47,7 @@ class PolicyFollower:
 
     def follow(self) -> None:
         """A worker, told by the first process that its OPA changed."""
+        self._policy.cache.scope(None, "OPA changed; reading what it serves")
         self._run(self._follow())
 
     async def _follow(self) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from support import OpaServer
-from wardgate.gateway.decision_cache import DecisionCache, Uncacheable, read_paths
+from wardgate.gateway.decision_cache import MAX_KEY_BYTES, DecisionCache, Uncacheable, read_paths
 from wardgate.gateway.opa_process import nondeterministic_builtins
 from wardgate.gateway.policy import Decision, PolicyClient, time_document
 
@@ -182,6 +182,19 @@ def test_bounded_least_recently_used_and_no_store_across_a_change() -> None:
     assert cache.get(keys[0]) is None
     cache.put(keys[0], cache.generation, Decision(allow=True, reasons=[], decision_id="d-1"))
     assert cache.get(keys[0]) is None  # OPA logs its decisions: each one must reach it
+
+
+def test_keys_are_bounded_in_bytes_too() -> None:
+    """Capacity in entries alone would let 4096 keys of 4 KiB each hold 16 MiB: the bytes are bounded too."""
+    cache = DecisionCache(1_000_000)
+    cache.scope((("request", "headers"),))
+    allow = Decision(allow=True, reasons=[])
+    for n in range(3000):
+        key = cache.key(document(request__headers={"x": f"{n:06d}" + "v" * 3900}))
+        assert key is not None
+        cache.put(key, cache.generation, allow)
+    assert len(cache) * 3900 <= MAX_KEY_BYTES < 3000 * 3900
+    assert cache.get(key) is allow  # the newest stays
 
 
 def queries(url: str) -> int:
