@@ -6,8 +6,8 @@ and policies change only when wardgate restarts or reloads that OPA, so a decisi
 any later call that agrees with it on every part of the input the policy can read.
 
 What the policy can read comes from OPA itself: the compiled modules it serves (``GET
-/v1/policies``). :func:`read_paths` collects every reference into ``input`` and keeps its longest
-static prefix (``input.request.headers[h]`` → ``request.headers``); the cache key is the input's
+/v1/policies``), of which those the decision rule reaches. :func:`read_paths` collects every
+reference into ``input`` in them and keeps its longest static prefix (``input.request.headers[h]`` → ``request.headers``); the cache key is the input's
 value at each of those paths (:meth:`DecisionCache.key`). The default policy reads nine fields
 (identity, method, host, port, path, the MCP tool) and never ``time`` or ``token_id``, so its calls
 agree often. The cache stays off, and every call goes to OPA, when:
@@ -16,9 +16,12 @@ agree often. The cache stays off, and every call goes to OPA, when:
   the whole document, ``time.unix`` included;
 - a module calls a builtin OPA marks non-deterministic (``opa capabilities``: ``http.send``,
   ``time.now_ns``, ``rand.intn`` …) or one whose answer depends on when it runs or that exists for its
-  side effect (:data:`ALSO_UNCACHEABLE`: ``print``, ``trace``, x509 chain verification);
-- the answer carries a ``decision_id`` (OPA's decision log is on and expects every decision);
-- the modules cannot be read or the key would be larger than :data:`MAX_KEY`.
+  side effect (:data:`ALSO_UNCACHEABLE`: ``print``, ``trace``, x509 chain verification, and the
+  non-deterministic builtins of OPA 1.x, in case ``[opa] binary`` is an OPA that does not flag them);
+- the modules cannot be read.
+
+A call is asked, and its answer not kept, when the answer carries a ``decision_id`` (OPA's decision
+log is on and expects every decision) or its key would be larger than :data:`MAX_KEY`.
 
 A reload or a restart of OPA first turns the cache off and empties it (:meth:`DecisionCache.scope`);
 a query that was in flight across that change cannot store its answer (``generation``).
@@ -39,6 +42,9 @@ if TYPE_CHECKING:
 ALSO_UNCACHEABLE = frozenset({
     "print", "internal.print", "trace",
     "crypto.x509.parse_and_verify_certificates", "crypto.x509.parse_and_verify_certificates_with_options",
+    # What OPA 1.22 flags itself (an older binary may flag none of them).
+    "http.send", "io.jwt.decode_verify", "io.jwt.encode_sign", "io.jwt.encode_sign_raw", "json.match_schema",
+    "json.verify_schema", "net.lookup_ip_addr", "opa.runtime", "rand.intn", "time.now_ns", "uuid.rfc4122",
 })
 MAX_KEY = 4 << 10  # bytes; a larger key (long header values, big MCP arguments) is not cached
 MAX_KEY_BYTES = 8 << 20  # all keys together: the least recently used go first past this

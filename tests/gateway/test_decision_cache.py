@@ -80,6 +80,13 @@ def test_nondeterministic_builtins_come_from_the_binary(nondeterministic: frozen
     assert "startswith" not in nondeterministic and "count" not in nondeterministic
 
 
+@pytest.mark.parametrize("case", ["clock", "network", "random"])
+def test_the_clock_network_and_randomness_are_known_without_the_binarys_word(opa: OpaServer, case: str) -> None:
+    """An OPA that flags no builtin (an older binary) still gets no cache for them."""
+    with pytest.raises(Uncacheable, match=re.escape(str(READS[case][1]))):
+        read_paths([compiled(opa.url)[case]], frozenset())
+
+
 @pytest.mark.parametrize("case", sorted(READS))
 def test_what_a_compiled_policy_reads(opa: OpaServer, nondeterministic: frozenset[str], case: str) -> None:
     expected = READS[case][1]
