@@ -166,7 +166,7 @@ class DecisionCache:
 
     def __init__(self, capacity: int) -> None:
         self._capacity = capacity
-        self._entries: OrderedDict[bytes, "Decision"] = OrderedDict()
+        self._entries: OrderedDict[bytes, Decision] = OrderedDict()
         self._key_bytes = 0
         self._paths: tuple[Path, ...] | None = None
         self.generation = 0
@@ -204,7 +204,7 @@ class DecisionCache:
             return None
         return key if len(key) <= MAX_KEY else None
 
-    def get(self, key: bytes) -> "Decision | None":
+    def get(self, key: bytes) -> Decision | None:
         decision = self._entries.get(key)
         if decision is None:
             self.misses += 1
@@ -213,7 +213,7 @@ class DecisionCache:
         self.hits += 1
         return decision
 
-    def put(self, key: bytes, generation: int, decision: "Decision") -> None:
+    def put(self, key: bytes, generation: int, decision: Decision) -> None:
         """Remember ``decision`` unless the policy changed since the query went out."""
         if generation != self.generation or decision.decision_id is not None or key in self._entries:
             return

@@ -289,11 +289,11 @@ class PolicyClient:
 
 async def served_modules(url: str, timeout: float) -> list[dict[str, Any]]:
     """The compiled modules OPA at ``url`` serves (``GET /v1/policies``), as its JSON AST."""
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session:
-        async with session.get(f"{url}/v1/policies") as response:
-            if response.status != 200:
-                raise ValueError(f"OPA answered {response.status}")
-            answer = await response.json()
+    async with (aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session,
+                session.get(f"{url}/v1/policies") as response):
+        if response.status != 200:
+            raise ValueError(f"OPA answered {response.status}")
+        answer = await response.json()
     return [module["ast"] for module in answer["result"]]
 
 

@@ -32,9 +32,9 @@ READS: dict[str, tuple[str, object]] = {
                      (("identity", "user"),)),  # OPA's compiler resolves the alias
     "data_keyed_by_input": ('decision := {"allow": data.tenants[input.identity.tenant].open, "reasons": []}',
                             (("identity", "tenant"),)),
-    "with_replaces": ('decision := {"allow": input.request.method == "GET", "reasons": []}\n\n'
-                      'post_allowed if decision.allow with input.request.method as "POST"\n\n'
-                      'empty_allowed if decision.allow with input as {}',
+    "with_replaces": (('decision := {"allow": input.request.method == "GET", "reasons": []}\n\n'
+                       'post_allowed if decision.allow with input.request.method as "POST"\n\n'
+                       'empty_allowed if decision.allow with input as {}'),
                       (("request", "method"),)),
     "time_field": ('decision := {"allow": input.time.hour < 18, "reasons": []}', (("time", "hour"),)),
     "whole_input": ('decision := {"allow": count(input) > 0, "reasons": []}', "whole input"),
@@ -42,8 +42,8 @@ READS: dict[str, tuple[str, object]] = {
     "input_any_key": ('decision := {"allow": true, "reasons": [k | input[k]]}', "whole input"),
     "walked": ('decision := {"allow": true, "reasons": [p | walk(input, [p, "x"])]}', "whole input"),
     "clock": ('decision := {"allow": time.now_ns() > 0, "reasons": []}', "time.now_ns"),
-    "network": ('decision := {"allow": http.send({"method": "GET", "url": "http://127.0.0.1:9"}).status_code == 200, '
-                '"reasons": []}', "http.send"),
+    "network": (('decision := {"allow": http.send({"method": "GET", "url": "http://127.0.0.1:9"}).status_code == 200, '
+                 '"reasons": []}'), "http.send"),
     "random": ('decision := {"allow": rand.intn("x", 2) == 0, "reasons": []}', "rand.intn"),
     "printing": ('decision := {"allow": true, "reasons": []} if print("call", input.request.path)', "print"),
 }
