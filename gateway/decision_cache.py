@@ -178,10 +178,6 @@ class DecisionCache:
     def on(self) -> bool:
         return self._paths is not None
 
-    @property
-    def paths(self) -> tuple[Path, ...] | None:
-        return self._paths
-
     def scope(self, paths: tuple[Path, ...] | None, why_off: str = "") -> None:
         """Forget every entry and key later calls by ``paths`` (None: off, for ``why_off``)."""
         self.generation += 1

@@ -194,11 +194,11 @@ class PolicyClient:
 
         Called after OPA starts, restarts or is replaced. The cache is emptied and off from the
         first line on, so no decision made before the change is reused after it."""
-        self.cache.scope(None, "reading the policy OPA serves")
-        generation = self.cache.generation
         if self._nondeterministic is None:
             self.cache.scope(None, "decisions are reused only from the OPA wardgate manages")
             return
+        self.cache.scope(None, "reading the policy OPA serves")
+        generation = self.cache.generation
         paths, why = None, ""
         try:
             modules = await served_modules(self._url, max(self._timeout, 5.0))
