@@ -175,6 +175,25 @@ def write_tenant_policy(folder: Path, tenant: str, rules: list[dict[str, Any]]) 
     return folder
 
 
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of ``name{labels}`` (labels in the order the exporter prints them) in Prometheus
+    exposition ``text``; 0 when it is not there."""
+    wanted = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    for line in text.splitlines():
+        if line.startswith(f"{name}{{{wanted}}} ") or (not labels and line.startswith(f"{name} ")):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def opa_decisions_answered(url: str) -> int:
+    """How many Data API queries the OPA at ``url`` answered with 200 (its own /metrics)."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return int(metric(text, "http_request_duration_seconds_count", code="200", handler="v1/data", method="post"))
+
+
 @dataclass
 class Gateway:
     """A real ``wardgate up`` process with its own state folder and loopback ports."""

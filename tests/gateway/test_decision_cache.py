@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from support import OpaServer
+from support import OpaServer, opa_decisions_answered
 from wardgate.gateway.decision_cache import MAX_KEY_BYTES, DecisionCache, Uncacheable, read_paths
 from wardgate.gateway.opa_process import nondeterministic_builtins
 from wardgate.gateway.policy import Decision, PolicyClient, time_document
@@ -204,14 +204,6 @@ def test_keys_are_bounded_in_bytes_too() -> None:
     assert cache.get(key) is allow  # the newest stays
 
 
-def queries(url: str) -> int:
-    """Decisions OPA answered (its own metrics)."""
-    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    found = re.search(r'http_request_duration_seconds_count\{code="200",handler="v1/data",method="post"\} (\d+)', text)
-    return int(found.group(1)) if found else 0
-
-
 async def decisions(url: str, path: str, documents: list[dict], nondeterministic: frozenset[str]) -> list[Decision]:
     async with PolicyClient(url, path, 1.0, cache_size=64) as client:
         client.allow_cache(nondeterministic)
@@ -232,9 +224,9 @@ async def decisions(url: str, path: str, documents: list[dict], nondeterministic
 def test_opa_is_asked_once_per_distinct_read(
     opa: OpaServer, nondeterministic: frozenset[str], case: str, documents: list[dict], asked: int
 ) -> None:
-    before = queries(opa.url)
+    before = opa_decisions_answered(opa.url)
     answers = asyncio.run(decisions(opa.url, f"reads/{case}/decision", documents, nondeterministic))
-    assert queries(opa.url) - before == asked
+    assert opa_decisions_answered(opa.url) - before == asked
     assert all(isinstance(answer, Decision) for answer in answers)
     if case == "fields":
         assert [answer.allow for answer in answers] == [True] * 6 + [False]
@@ -248,9 +240,9 @@ def test_an_external_opa_is_asked_every_time(opa: OpaServer) -> None:
                 await client.decide(document())
             return len(client.cache)
 
-    before = queries(opa.url)
+    before = opa_decisions_answered(opa.url)
     assert asyncio.run(scenario()) == 0
-    assert queries(opa.url) - before == 3
+    assert opa_decisions_answered(opa.url) - before == 3
 
 
 def test_a_new_policy_is_never_answered_from_the_old_ones_decisions(
@@ -277,7 +269,7 @@ def test_a_new_policy_is_never_answered_from_the_old_ones_decisions(
                 return seen
 
         assert asyncio.run(scenario()) == [True, True, False, False, False]
-        assert queries(servers[0].url) == 1 and queries(servers[1].url) == 2
+        assert opa_decisions_answered(servers[0].url) == 1 and opa_decisions_answered(servers[1].url) == 2
     finally:
         for server in servers:
             server.kill()

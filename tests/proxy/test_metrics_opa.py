@@ -3,14 +3,13 @@ OPA's decisions reused for calls that agree on what the policy reads are counted
 
 from __future__ import annotations
 
-import re
 import uuid
 from pathlib import Path
 
 import requests
 
 from audit_backends import agent_ready
-from support import POLICIES, Gateway, OpaServer, Upstream, start_gateway
+from support import POLICIES, Gateway, OpaServer, Upstream, metric, opa_decisions_answered, start_gateway
 
 
 def test_opa_errors_are_counted(opa_binary: str, tmp_path: Path, acme_policy: Path, upstream: Upstream) -> None:
@@ -34,18 +33,12 @@ def test_opa_errors_are_counted(opa_binary: str, tmp_path: Path, acme_policy: Pa
         opa.kill()
 
 
-def metric(text: str, name: str) -> int:
-    found = re.search(rf"^{re.escape(name)} (\d+)$", text, re.MULTILINE)
-    assert found, f"{name} not on /metrics"
-    return int(found.group(1))
-
-
 def test_calls_that_agree_on_what_the_policy_reads_are_decided_once(gateway: Gateway, upstream: Upstream) -> None:
     """The managed OPA is asked once for six calls that differ only in what the default policy never
     reads (token, time, query, headers); /metrics shows the reuse; a different path is asked anew."""
     path = f"/allowed/{uuid.uuid4()}"
     before = requests.get(f"{gateway.admin}/metrics", timeout=5).text
-    asked_before = decisions_answered(gateway.listeners["opa"])
+    asked_before = opa_decisions_answered(gateway.listeners["opa"])
     for n in range(6):
         proxy = gateway.proxy_with(gateway.mint("acme-bot"))
         response = requests.get(f"{upstream.http_url}{path}?n={n}", headers={"X-Call": str(n)},
@@ -56,12 +49,6 @@ def test_calls_that_agree_on_what_the_policy_reads_are_decided_once(gateway: Gat
     assert denied.status_code == 403
     after = requests.get(f"{gateway.admin}/metrics", timeout=5).text
     assert metric(after, "wardgate_policy_cache_on") == 1
-    assert decisions_answered(gateway.listeners["opa"]) - asked_before == 2
+    assert opa_decisions_answered(gateway.listeners["opa"]) - asked_before == 2
     assert metric(after, "wardgate_policy_cache_hits_total") - metric(before, "wardgate_policy_cache_hits_total") == 5
     assert metric(after, "wardgate_policy_cache_misses_total") - metric(before, "wardgate_policy_cache_misses_total") == 2
-
-
-def decisions_answered(opa_url: str) -> int:
-    text = requests.get(f"{opa_url}/metrics", timeout=5).text
-    found = re.search(r'http_request_duration_seconds_count\{code="200",handler="v1/data",method="post"\} (\d+)', text)
-    return int(found.group(1)) if found else 0

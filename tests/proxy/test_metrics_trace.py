@@ -8,7 +8,7 @@ import uuid
 import pytest
 import requests
 
-from support import Gateway, Upstream
+from support import Gateway, Upstream, metric
 from wardgate.proxy.trace import trace_id_of
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -28,14 +28,6 @@ PARENTS = [
 @pytest.mark.parametrize(("header", "expected"), PARENTS)
 def test_traceparent_parsing(header: str | None, expected: str | None) -> None:
     assert trace_id_of(header) == expected
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    wanted = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    for line in text.splitlines():
-        if line.startswith(f"{name}{{{wanted}}} ") or (not labels and line.startswith(f"{name} ")):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
 
 
 def test_metrics_count_calls_and_traceparent_is_passed_and_recorded(gateway: Gateway, upstream: Upstream) -> None:
