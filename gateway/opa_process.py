@@ -1,4 +1,7 @@
-"""A managed OPA: ``opa run --server`` as a child process on loopback, restarted if it dies.
+"""A managed OPA: ``opa run --server`` as a child process, restarted if it dies.
+
+It listens on a Unix socket in the gateway's private run folder, never on a TCP port
+(gateway/opa_address.py says why): only the gateway's uid can query it or change what it serves.
 
 While OPA is down every decision fails closed (``policy_unavailable``); the supervisor brings it
 back with a bounded backoff, so the gateway recovers without a restart of its own.
@@ -26,13 +29,14 @@ import json
 import logging
 import os
 import shutil
-import socket
+import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import aiohttp
 
 from .errors import ConfigError, DependencyUnavailable
+from .opa_address import SUN_PATH_MAX, opa_session, unix_url
 from .settings import OpaSettings
 
 log = logging.getLogger("wardgate.opa")
@@ -50,15 +54,9 @@ def find_opa(binary: str) -> str:
     return found
 
 
-def free_loopback_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def opa_command(binary: str, port: int, paths: list[Path]) -> list[str]:
+def opa_command(binary: str, socket_path: Path, paths: list[Path]) -> list[str]:
     return [
-        binary, "run", "--server", "--addr", f"127.0.0.1:{port}",
+        binary, "run", "--server", "--addr", unix_url(str(socket_path)), "--unix-socket-perm", "600",
         "--disable-telemetry", "--log-level", "error",
         "--ignore", "*_test.rego", "--ignore", ".*",
         *[str(p) for p in paths],
@@ -112,11 +110,11 @@ async def nondeterministic_builtins(binary: str, timeout: float = 10.0) -> froze
 async def wait_healthy(url: str, deadline: float) -> None:
     loop = asyncio.get_running_loop()
     end = loop.time() + deadline
-    timeout = aiohttp.ClientTimeout(total=1.0)
-    async with aiohttp.ClientSession(timeout=timeout) as session:
+    session, base = opa_session(url, 1.0)
+    async with session:
         while loop.time() < end:
             with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
-                async with session.get(f"{url}/health") as response:
+                async with session.get(f"{base}/health") as response:
                     if response.status == 200:
                         return
             await asyncio.sleep(0.05)
@@ -124,16 +122,22 @@ async def wait_healthy(url: str, deadline: float) -> None:
 
 
 class ManagedOpa:
-    """Owns one OPA child. ``url`` is stable across restarts (same port)."""
+    """Owns one OPA child. ``url`` (``unix://`` and a socket in ``folder``, which must be private)
+    is stable across restarts; a reload's OPA gets a socket of its own."""
 
-    def __init__(self, settings: OpaSettings, log_file: Path, workers: int = 1) -> None:
+    def __init__(self, settings: OpaSettings, log_file: Path, folder: Path, workers: int = 1) -> None:
         self._settings = settings
         self._environment = opa_environment(settings.threads, workers, os.environ)
         self._binary = find_opa(settings.binary)
         for path in settings.paths:
             if not path.exists():
                 raise ConfigError(f"policy path {path} does not exist", code="policy_path_missing")
-        self._port = free_loopback_port()
+        self._own_folder: Path | None = None
+        if len(os.fsencode(folder / "opa-000.sock")) > SUN_PATH_MAX:  # a deep home: a private temp folder
+            folder = self._own_folder = Path(tempfile.mkdtemp(prefix="wardgate-opa-"))
+        self._folder = folder
+        self._sockets = 0
+        self._socket = self._next_socket()
         self._log_file = log_file
         self._process: asyncio.subprocess.Process | None = None
         self._supervisor: asyncio.Task[None] | None = None
@@ -145,7 +149,12 @@ class ManagedOpa:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._port}"
+        return unix_url(str(self._socket))
+
+    def _next_socket(self) -> Path:
+        path = self._folder / f"opa-{self._sockets:03d}.sock"
+        self._sockets += 1
+        return path
 
     @property
     def pid(self) -> int | None:
@@ -157,13 +166,14 @@ class ManagedOpa:
         self._supervisor = asyncio.create_task(self._supervise(), name="opa-supervisor")
 
     async def _spawn(self) -> None:
-        self._process = await self._launch(self._port, self._log_file)
+        self._process = await self._launch(self._socket, self._log_file)
 
-    async def _launch(self, port: int, log_file: Path) -> asyncio.subprocess.Process:
+    async def _launch(self, socket_path: Path, log_file: Path) -> asyncio.subprocess.Process:
         log_file.parent.mkdir(parents=True, exist_ok=True)
+        socket_path.unlink(missing_ok=True)  # left by an OPA that was killed (not left to the binary to remove)
         with open(log_file, "ab") as log_handle:
             return await asyncio.create_subprocess_exec(
-                *opa_command(self._binary, port, self._settings.paths),
+                *opa_command(self._binary, socket_path, self._settings.paths),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log_handle,
                 stderr=log_handle,
@@ -176,19 +186,20 @@ class ManagedOpa:
         Raises ``ConfigError`` (``policy_rejected``) with OPA's own message when it does not start,
         typically a policy that fails to compile; the running OPA is untouched then.
         """
-        port = free_loopback_port()
+        socket_path = self._next_socket()
         attempt_log = self._log_file.with_name("opa-reload.log")
         attempt_log.unlink(missing_ok=True)
-        process = await self._launch(port, attempt_log)
+        process = await self._launch(socket_path, attempt_log)
         try:
-            await _healthy_or_exited(process, f"http://127.0.0.1:{port}", self._settings.startup_timeout)
+            await _healthy_or_exited(process, unix_url(str(socket_path)), self._settings.startup_timeout)
         except DependencyUnavailable:
             if process.returncode is None:
                 process.kill()
             await process.wait()
+            socket_path.unlink(missing_ok=True)
             raise ConfigError(_opa_error(attempt_log), code="policy_rejected") from None
         old, old_supervisor = self._process, self._supervisor
-        self._process, self._port = process, port
+        self._process, self._socket = process, socket_path
         self._supervisor = asyncio.create_task(self._supervise(), name="opa-supervisor")
         if old_supervisor:
             old_supervisor.cancel()
@@ -234,6 +245,10 @@ class ManagedOpa:
             except TimeoutError:
                 self._process.kill()
                 await self._process.wait()
+        for number in range(self._sockets):  # OPA removes its socket when it stops; not when killed
+            (self._folder / f"opa-{number:03d}.sock").unlink(missing_ok=True)
+        if self._own_folder is not None:
+            shutil.rmtree(self._own_folder, ignore_errors=True)
 
 
 def _terminate(process: asyncio.subprocess.Process | None) -> None:

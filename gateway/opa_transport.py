@@ -20,6 +20,8 @@ import asyncio
 import ssl
 from urllib.parse import urlsplit
 
+from .opa_address import unix_socket
+
 MAX_ANSWER = 8 << 20  # a decision document larger than this is not an answer we will parse
 _HEX = b"0123456789abcdefABCDEF"
 
@@ -177,12 +179,14 @@ def _read_chunked(buffer: bytearray, position: int) -> bytes | None:
 
 
 class OpaTransport:
-    """POSTs JSON to one OPA (``http://`` or ``https://`` base URL) over pooled keep-alive connections."""
+    """POSTs JSON to one OPA (an ``http://`` or ``https://`` base URL, or the ``unix://`` socket of
+    the managed OPA, gateway/opa_address.py) over pooled keep-alive connections."""
 
     def __init__(self, url: str, pool_size: int = 100) -> None:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"policy engine URL must be http:// or https://, got {url!r}")
+        self._socket = unix_socket(url)
+        parts = urlsplit("http://localhost" if self._socket else url)
+        if parts.scheme not in ("http", "https") or not parts.hostname or self._socket == "":
+            raise ValueError(f"policy engine URL must be http://, https:// or unix://, got {url!r}")
         self._host = parts.hostname
         self._port = parts.port or (443 if parts.scheme == "https" else 80)
         self._ssl = ssl.create_default_context() if parts.scheme == "https" else None
@@ -230,7 +234,10 @@ class OpaTransport:
 
     async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()
-        _, connection = await loop.create_connection(_Connection, self._host, self._port, ssl=self._ssl)
+        if self._socket is not None:
+            _, connection = await loop.create_unix_connection(_Connection, self._socket)
+        else:
+            _, connection = await loop.create_connection(_Connection, self._host, self._port, ssl=self._ssl)
         return connection
 
     async def close(self) -> None:

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
 
 from .decision_cache import DecisionCache, Uncacheable, read_paths
 from .errors import DependencyUnavailable
+from .opa_address import opa_session
 from .opa_transport import OpaTransport, OpaTransportError
 
 log = logging.getLogger("wardgate.policy")
@@ -289,8 +290,8 @@ class PolicyClient:
 
 async def served_modules(url: str, timeout: float) -> list[dict[str, Any]]:
     """The compiled modules OPA at ``url`` serves (``GET /v1/policies``), as its JSON AST."""
-    async with (aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session,
-                session.get(f"{url}/v1/policies") as response):
+    session, base = opa_session(url, timeout)
+    async with session, session.get(f"{base}/v1/policies") as response:
         if response.status != 200:
             raise ValueError(f"OPA answered {response.status}")
         answer = await response.json()

@@ -74,7 +74,7 @@ class PolicyReloader:
         self._status_file = status_file
         self._grace = grace
         self._lock = asyncio.Lock()
-        # Told the new OPA's URL before any query goes to it (the proxy guards it as its own listener).
+        # Told the new OPA's address before any query goes to it (listeners.json and the workers follow it).
         self.on_switch: Callable[[str], None] | None = None
         self.revision = policy_revision(paths)
         policy.revision = self.revision

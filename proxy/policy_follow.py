@@ -1,11 +1,12 @@
 """Every proxy process asks the OPA wardgate manages, and reuses decisions only from the policy it serves.
 
 The first process owns the managed OPA. When that OPA is replaced (a policy reload starts a new one
-on another port), dies or comes back after a restart, :meth:`PolicyFollower.opa_changed` empties and
+on another socket), dies or comes back after a restart, :meth:`PolicyFollower.opa_changed` empties and
 re-keys this process's decision cache (:meth:`PolicyClient.read_policy`) and sends SIGHUP to each
 worker of ``wardgate up --workers N``. A worker's SIGHUP runs :meth:`PolicyFollower.follow`: it
 reads the OPA's address from ``run/listeners.json`` (the first process writes it before signalling),
-points its policy client there, keeps the proxy from reaching that port, and re-keys its own cache.
+points its policy client there and re-keys its own cache. (The managed OPA listens on a Unix socket
+in the private run folder, so there is no port for the proxy to guard: gateway/opa_address.py.)
 Until the signal arrives a worker keeps asking the OPA it knew, which serves on for the grace period
 of a reload (``[opa] timeout`` + 2 s).
 """
@@ -22,17 +23,14 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
-from wardgate.gateway.destinations import DestinationGuard
 from wardgate.gateway.policy import PolicyClient
-from yarl import URL
 
 log = logging.getLogger("wardgate.policy")
 
 
 class PolicyFollower:
-    def __init__(self, policy: PolicyClient, guard: DestinationGuard, listeners_file: Path) -> None:
+    def __init__(self, policy: PolicyClient, listeners_file: Path) -> None:
         self._policy = policy
-        self._guard = guard
         self._listeners_file = listeners_file
         self._tasks: set[asyncio.Task[None]] = set()
         self.workers: list[int] = []  # the first process: pids of the workers to tell
@@ -58,8 +56,6 @@ class PolicyFollower:
             self._policy.cache.scope(None, "the first process's OPA address is unknown")
             return
         if url != self._policy.url:
-            host, _, port = URL(url).authority.rpartition(":")
-            self._guard.protect(host, int(port))
             await self._policy.retarget(url)
             log.warning("following the first process to the OPA at %s", url)
         await self._policy.read_policy()

@@ -29,6 +29,7 @@ from wardgate.gateway.idempotency import IdempotencyStore
 from wardgate.gateway.identity import TokenVerifier
 from wardgate.gateway.issuers import ExternalIssuer
 from wardgate.gateway.keys import KeyRing
+from wardgate.gateway.opa_address import unix_socket
 from wardgate.gateway.opa_process import ManagedOpa, find_opa, nondeterministic_builtins, wait_healthy
 from wardgate.gateway.policy import PolicyClient
 from wardgate.gateway.policy_reload import PolicyReloader
@@ -136,6 +137,7 @@ async def serve(
     asyncio.get_running_loop().set_exception_handler(report_loop_errors)
     settings.home.mkdir(parents=True, exist_ok=True, mode=0o700)
     settings.run_dir.mkdir(exist_ok=True, mode=0o700)
+    settings.run_dir.chmod(0o700)  # the audit writer's and the managed OPA's sockets live here
     keys = KeyRing.load(settings.keys_dir)
     registry = AgentRegistry(settings.state_db)
     directory = AgentDirectory(registry)
@@ -164,7 +166,7 @@ async def serve(
         revoker = Revoker(revocation_store, audit, settings.audit.commit_timeout, revocations)
         managed: ManagedOpa | None = None
         if settings.opa.mode == "managed":
-            managed = ManagedOpa(settings.opa, settings.home / "logs" / "opa.log", workers)
+            managed = ManagedOpa(settings.opa, settings.home / "logs" / "opa.log", settings.run_dir, workers)
             await managed.start()
             stack.push_async_callback(managed.stop)
             opa_url = managed.url
@@ -236,11 +238,12 @@ async def serve(
         verifier = TokenVerifier(keys, settings.identity, directory, revocations, issuers)
         timeout = settings.audit.commit_timeout
         guard = DestinationGuard(settings.egress.unsafe_allow_ranges, resolve_timeout=settings.egress.resolve_timeout)
-        follower = PolicyFollower(policy, guard, settings.run_dir / "listeners.json")
+        follower = PolicyFollower(policy, settings.run_dir / "listeners.json")
         stack.callback(follower.close)
         if managed is not None:
             managed.on_change = follower.opa_changed
-        for address in (admin_addr, URL(opa_url).authority):
+        # The managed OPA has no TCP port (a Unix socket, gateway/opa_address.py); an external one does.
+        for address in [admin_addr] + ([] if unix_socket(opa_url) else [URL(opa_url).authority]):
             host, _, port = address.rpartition(":")
             guard.protect(host, int(port))
         # wardgate's own databases are not reachable through it either.
@@ -342,8 +345,6 @@ async def serve(
         loop.add_signal_handler(signal.SIGHUP, reload_on_signal)
         if reloader is not None and managed is not None:
             def opa_switched(url: str) -> None:
-                host, _, port = URL(url).authority.rpartition(":")
-                guard.protect(host, int(port))
                 listeners_file = settings.run_dir / "listeners.json"
                 if listeners_file.exists():
                     current = json.loads(listeners_file.read_text())

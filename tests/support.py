@@ -28,6 +28,7 @@ from wardgate.gateway.audit import AuditQuery, query_records
 from wardgate.gateway.audit_setup import audit_source
 from wardgate.gateway.identity import TokenIssuer
 from wardgate.gateway.keys import KeyRing
+from wardgate.gateway.opa_address import unix_socket
 from wardgate.gateway.settings import Settings, load_settings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -185,13 +186,38 @@ def metric(text: str, name: str, **labels: str) -> float:
     return 0.0
 
 
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self._path)
+
+
+def opa_request(url: str, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
+    """(status, body) of ``method path`` at the OPA at ``url``: ``http://`` or the managed OPA's ``unix://``."""
+    socket_path = unix_socket(url)
+    if socket_path is not None:
+        connection: http.client.HTTPConnection = _UnixConnection(socket_path, 10)
+    else:
+        host, _, port = url.removeprefix("http://").partition(":")
+        connection = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        connection.request(method, path, body=body)
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
 def opa_decisions_answered(url: str) -> int:
     """How many Data API queries the OPA at ``url`` answered with 200 (its own /metrics)."""
-    import urllib.request
-
-    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    return int(metric(text, "http_request_duration_seconds_count", code="200", handler="v1/data", method="post"))
+    status, text = opa_request(url, "GET", "/metrics")
+    assert status == 200
+    return int(metric(text.decode(), "http_request_duration_seconds_count", code="200", handler="v1/data", method="post"))
 
 
 @dataclass

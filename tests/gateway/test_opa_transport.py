@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -146,6 +147,26 @@ def test_anything_else_is_an_error(answer: bytes | Callable[[asyncio.StreamWrite
         run(Scripted([answer]))
 
 
-def test_only_http_urls() -> None:
+@pytest.mark.parametrize("url", ["ftp://127.0.0.1:1", "http://", "unix://", "127.0.0.1:8181"])
+def test_only_http_or_unix_urls(url: str) -> None:
     with pytest.raises(ValueError):
-        OpaTransport("unix:///tmp/opa.sock")
+        OpaTransport(url)
+
+
+def test_a_unix_socket_carries_the_queries(tmp_path: Path) -> None:
+    """The managed OPA's way in (gateway/opa_address.py): the same exchange over a Unix socket, the
+    connection kept for the next query."""
+    server = Scripted([content_length(OK)])
+
+    async def over_unix() -> list[tuple[int, bytes]]:
+        path = str(tmp_path / "opa.sock")
+        listener = await asyncio.start_unix_server(server.handle, path)
+        transport = OpaTransport(f"unix://{path}")
+        try:
+            return [await asyncio.wait_for(transport.post("/v1/data/x", b'{"input":{}}'), 5) for _ in range(2)]
+        finally:
+            await transport.close()
+            listener.close()
+
+    assert asyncio.run(over_unix()) == [(200, OK), (200, OK)]
+    assert server.connections == 1 and server.bodies == [b'{"input":{}}'] * 2

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from support import Gateway, Upstream, start_gateway, write_tenant_policy
+from support import POLICIES, Gateway, OpaServer, Upstream, start_gateway, write_tenant_policy
 
 SPELLINGS = ["127.0.0.1", "2130706433", "0x7f000001", "0177.0.0.1", "127.1", "localhost"]
 
@@ -58,13 +58,28 @@ def test_names_the_policy_denies_are_never_resolved(strict_gateway: Gateway) -> 
     assert response.json()["error"]["code"] == "policy_denied"
 
 
-@pytest.mark.parametrize("which", ["admin", "proxy", "opa"])
+@pytest.mark.parametrize("which", ["admin", "proxy"])
 def test_own_listeners_are_unreachable_even_with_loopback_allowed(gateway: Gateway, which: str) -> None:
-    address = {"admin": gateway.listeners["admin"], "proxy": gateway.listeners["proxy"],
-               "opa": gateway.listeners["opa"].removeprefix("http://")}[which]
-    response = proxied_get(gateway, f"http://{address}/allowed/healthz")
+    response = proxied_get(gateway, f"http://{gateway.listeners[which]}/allowed/healthz")
     assert response.status_code == 403
     assert response.json()["error"]["reasons"] == ["own_listener"]
+
+
+def test_an_external_opa_is_unreachable_through_the_proxy(opa_binary: str, tmp_path: Path, acme_policy: Path) -> None:
+    """The managed OPA has no TCP port (tests/gateway/test_opa_socket.py); an external one has, and
+    it is guarded like the gateway's own listeners."""
+    opa = OpaServer([POLICIES, acme_policy])
+    opa.start()
+    gateway = start_gateway(tmp_path / "gw", policy_paths=[acme_policy],
+                            env={"WARDGATE_OPA__MODE": "external", "WARDGATE_OPA__URL": opa.url})
+    try:
+        gateway.create_agent("acme-bot", "acme", ["read"])
+        response = proxied_get(gateway, f"{opa.url}/allowed/health")
+        assert response.status_code == 403
+        assert response.json()["error"]["reasons"] == ["own_listener"]
+    finally:
+        gateway.stop()
+        opa.kill()
 
 
 def raw_exchange(gateway: Gateway, payload: bytes) -> bytes:
