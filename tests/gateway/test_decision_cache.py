@@ -108,7 +108,7 @@ def test_only_the_modules_a_decision_reaches_count(opa: OpaServer, nondeterminis
         read_paths(modules, nondeterministic, entry=("reads",))  # a whole package tree: all of them
 
 
-def test_the_default_policy_reads_nine_fields_and_never_the_time_or_token(
+def test_the_default_policy_reads_ten_fields_and_never_the_time_token_or_mcp_arguments(
     opa_binary: str, nondeterministic: frozenset[str]
 ) -> None:
     server = OpaServer([REPO / "policies" / "wardgate"])
@@ -118,7 +118,8 @@ def test_the_default_policy_reads_nine_fields_and_never_the_time_or_token(
     finally:
         server.kill()
     assert paths == (("identity", "agent"), ("identity", "scopes"), ("identity", "tenant"), ("identity", "user"),
-                     ("mcp",), ("request", "host"), ("request", "method"), ("request", "path"), ("request", "port"))
+                     ("mcp", "method"), ("mcp", "tool"), ("request", "host"), ("request", "method"), ("request", "path"),
+                     ("request", "port"))
 
 
 def document(**changes: object) -> dict:

@@ -98,7 +98,7 @@ allow_reasons contains "destination_allowed" if {
 }
 
 deny_reasons contains "write_scope_required" if {
-	not input.mcp
+	not input.mcp.method # not an MCP call (every MCP input has a method); keeps the arguments out of the decision cache's key
 	not input.request.method in read_methods
 	not "write" in input.identity.scopes
 }

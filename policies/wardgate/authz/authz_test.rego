@@ -89,6 +89,18 @@ test_mcp_listed_tool_is_allowed_without_write_scope if {
 	d == {"allow": true, "reasons": ["destination_allowed"]}
 }
 
+test_mcp_response_is_allowed_without_write_scope if {
+	# a JSON-RPC response sent to the server has an empty method: still MCP, not a plain POST
+	d := decide_mcp(mcp_call("bob", [], {"method": "", "kind": "response"}))
+	d == {"allow": true, "reasons": ["destination_allowed"]}
+}
+
+test_plain_post_needs_write_scope_where_mcp_does_not if {
+	plain := call("acme", [], "POST", "mcp.example.com", 443, "/mcp")
+	d := authz.decision with input as plain with data.wardgate.config.tenants as mcp_tenants
+	"write_scope_required" in d.reasons
+}
+
 test_mcp_unlisted_tool_is_denied if {
 	d := decide_mcp(mcp_call("alice", [], {"method": "tools/call", "tool": "drop_tables", "arguments": {}}))
 	d.allow == false
