@@ -167,8 +167,8 @@ async def serve(
         managed: ManagedOpa | None = None
         if settings.opa.mode == "managed":
             managed = ManagedOpa(settings.opa, settings.home / "logs" / "opa.log", settings.run_dir, workers)
+            stack.push_async_callback(managed.stop)  # also when start fails: its process, socket and folder go
             await managed.start()
-            stack.push_async_callback(managed.stop)
             opa_url = managed.url
         else:
             if not settings.opa.url:
