@@ -6,13 +6,11 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import requests
 
-from support import POLICIES, Gateway, OpaServer, Upstream, free_port, start_gateway
+from support import Gateway, OpaServer, Upstream, free_port
 
 
 def get(gateway: Gateway, token: str, url: str) -> requests.Response:
@@ -27,27 +25,6 @@ def until_status(gateway: Gateway, token: str, url: str, status: int, within: fl
         if response.status_code == status or time.monotonic() > deadline:
             return response
         time.sleep(0.1)
-
-
-@pytest.fixture
-def external_opa(opa_binary: str, acme_policy: Path) -> Iterator[OpaServer]:
-    server = OpaServer([POLICIES, acme_policy])
-    server.start()
-    yield server
-    server.kill()
-
-
-@pytest.fixture
-def gateway_on_external_opa(
-    tmp_path: Path, external_opa: OpaServer, upstream_ca_file: Path, acme_policy: Path
-) -> Iterator[Gateway]:
-    gw = start_gateway(
-        tmp_path, upstream_ca=upstream_ca_file,
-        env={"WARDGATE_OPA__MODE": "external", "WARDGATE_OPA__URL": external_opa.url},
-    )
-    gw.create_agent("acme-bot", "acme", ["read"])
-    yield gw
-    gw.stop()
 
 
 @pytest.mark.parametrize("scheme", ["http", "https"])

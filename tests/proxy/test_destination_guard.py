@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from support import POLICIES, Gateway, OpaServer, Upstream, start_gateway, write_tenant_policy
+from audit_backends import agent_ready
+from support import Gateway, OpaServer, Upstream, start_gateway, write_tenant_policy
 
 SPELLINGS = ["127.0.0.1", "2130706433", "0x7f000001", "0177.0.0.1", "127.1", "localhost"]
 
@@ -65,21 +66,14 @@ def test_own_listeners_are_unreachable_even_with_loopback_allowed(gateway: Gatew
     assert response.json()["error"]["reasons"] == ["own_listener"]
 
 
-def test_an_external_opa_is_unreachable_through_the_proxy(opa_binary: str, tmp_path: Path, acme_policy: Path) -> None:
+def test_an_external_opa_is_unreachable_through_the_proxy(gateway_on_external_opa: Gateway,
+                                                           external_opa: OpaServer, upstream: Upstream) -> None:
     """The managed OPA has no TCP port (tests/gateway/test_opa_socket.py); an external one has, and
     it is guarded like the gateway's own listeners."""
-    opa = OpaServer([POLICIES, acme_policy])
-    opa.start()
-    gateway = start_gateway(tmp_path / "gw", policy_paths=[acme_policy],
-                            env={"WARDGATE_OPA__MODE": "external", "WARDGATE_OPA__URL": opa.url})
-    try:
-        gateway.create_agent("acme-bot", "acme", ["read"])
-        response = proxied_get(gateway, f"{opa.url}/allowed/health")
-        assert response.status_code == 403
-        assert response.json()["error"]["reasons"] == ["own_listener"]
-    finally:
-        gateway.stop()
-        opa.kill()
+    agent_ready(gateway_on_external_opa, upstream.http_url, "acme-bot")
+    response = proxied_get(gateway_on_external_opa, f"{external_opa.url}/allowed/health")
+    assert response.status_code == 403
+    assert response.json()["error"]["reasons"] == ["own_listener"]
 
 
 def raw_exchange(gateway: Gateway, payload: bytes) -> bytes:
