@@ -1,4 +1,4 @@
-"""Where a call may go: every destination is resolved once and each address classified.
+"""Where a call may go: every destination is resolved and each of its addresses classified.
 
 Loopback, private, link-local, cloud metadata, carrier-grade NAT, reserved, multicast and
 unspecified addresses are refused unless a configured range allows them explicitly, and so are
@@ -8,13 +8,22 @@ Odd spellings of IPv4 (decimal ``2130706433``, hex ``0x7f.1``, octal ``0177.0.0.
 
 The address that passed is the address the proxy dials (see ``proxy/destinations.py``), so DNS
 rebinding between the check and the connect is impossible.
+
+A name's addresses are reused for ``[egress] resolve_cache`` seconds (30 by default; 0: every
+call asks the resolver), so an agent calling the same API over and over does not wait for a DNS
+lookup on each call: glibc keeps no cache of its own, so without this each call to a name was a
+round trip to the resolver on a thread. The reused addresses are checked again on every call,
+and a name that did not resolve is never kept, so the cache changes when the resolver is asked,
+never what is allowed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import ipaddress
 import socket
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -34,6 +43,7 @@ METADATA = (
 CGNAT = ipaddress.ip_network("100.64.0.0/10")
 NAT64 = ipaddress.ip_network("64:ff9b::/96")
 NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")
+RESOLVED_NAMES = 4096  # names whose addresses are kept (least recently used ones go first)
 
 
 def parse_ip_literal(host: str) -> IPAddress | None:
@@ -105,6 +115,7 @@ class DestinationGuard:
         allow_ranges: Iterable[str] = (),
         own_listeners: Iterable[tuple[str, int]] = (),
         resolve_timeout: float = 5.0,
+        resolve_cache: float = 30.0,
     ) -> None:
         self._allowed: list[Network] = [ipaddress.ip_network(r, strict=False) for r in allow_ranges]
         self._own: set[tuple[IPAddress, int]] = set()
@@ -113,6 +124,9 @@ class DestinationGuard:
         for host, port in own_listeners:
             self.protect(host, port)
         self._timeout = resolve_timeout
+        self._keep = resolve_cache
+        # lower-cased name -> (monotonic time it expires, its addresses), least recently used first
+        self._resolved: collections.OrderedDict[str, tuple[float, list[IPAddress]]] = collections.OrderedDict()
 
     def protect(self, host: str, port: int) -> None:
         """Never let the proxy reach ``host:port`` (one of wardgate's own listeners)."""
@@ -169,24 +183,45 @@ class DestinationGuard:
         else:
             if not host or len(host) > 253:
                 raise BadRequest("destination host name is invalid", code="destination_invalid")
-            loop = asyncio.get_running_loop()
-            try:
-                async with asyncio.timeout(self._timeout):
-                    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-            except TimeoutError:
-                raise DependencyUnavailable("destination name did not resolve in time", code="dns_unavailable") from None
-            except (socket.gaierror, UnicodeError):
-                raise PolicyDenied("destination name does not resolve", code="destination_unresolvable",
-                                   reasons=["unresolvable"]) from None
-            addresses = list(dict.fromkeys(ipaddress.ip_address(info[4][0].split("%", 1)[0]) for info in infos))
-            if not addresses:
-                raise PolicyDenied("destination name does not resolve", code="destination_unresolvable",
-                                   reasons=["unresolvable"])
+            addresses = self._recall(host) or await self._resolve(host, port)
         # Every address must pass: a name that also resolves to an internal address is refused,
         # whichever one the resolver would have put first.
         for address in addresses:
             self.check_address(address, port)
         return Vetted(host, port, str(addresses[0]))
+
+    def _recall(self, host: str) -> list[IPAddress] | None:
+        """The addresses ``host`` resolved to within the last ``resolve_cache`` seconds, if any."""
+        name = host.lower()
+        kept = self._resolved.get(name)
+        if kept is None:
+            return None
+        if kept[0] <= time.monotonic():
+            del self._resolved[name]
+            return None
+        self._resolved.move_to_end(name)
+        return kept[1]
+
+    async def _resolve(self, host: str, port: int) -> list[IPAddress]:
+        """Ask the resolver for every address of ``host``, and keep them for ``resolve_cache`` seconds."""
+        try:
+            async with asyncio.timeout(self._timeout):
+                infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except TimeoutError:
+            raise DependencyUnavailable("destination name did not resolve in time", code="dns_unavailable") from None
+        except (socket.gaierror, UnicodeError):
+            raise PolicyDenied("destination name does not resolve", code="destination_unresolvable",
+                               reasons=["unresolvable"]) from None
+        addresses = list(dict.fromkeys(ipaddress.ip_address(info[4][0].split("%", 1)[0]) for info in infos))
+        if not addresses:
+            raise PolicyDenied("destination name does not resolve", code="destination_unresolvable",
+                               reasons=["unresolvable"])
+        if self._keep > 0:
+            self._resolved[host.lower()] = (time.monotonic() + self._keep, addresses)
+            self._resolved.move_to_end(host.lower())
+            if len(self._resolved) > RESOLVED_NAMES:
+                self._resolved.popitem(last=False)
+        return addresses
 
 
 def _is_local(address: IPAddress) -> bool:

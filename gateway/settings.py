@@ -79,6 +79,8 @@ class EgressSettings(_Section):
     # Cloud-metadata addresses stay refused whatever is listed here.
     unsafe_allow_ranges: list[str] = []
     resolve_timeout: float = 5.0
+    # How long a name's addresses are reused (each use checks them again); 0: resolve every call.
+    resolve_cache: float = Field(default=30.0, ge=0, le=3600)
 
     @field_validator("unsafe_allow_ranges")
     @classmethod
@@ -89,7 +91,7 @@ class EgressSettings(_Section):
             ipaddress.ip_network(item, strict=False)
         return value
 
-    @field_validator("resolve_timeout", mode="before")
+    @field_validator("resolve_timeout", "resolve_cache", mode="before")
     @classmethod
     def _duration(cls, value: Any) -> float:
         return parse_duration(value)

@@ -5,10 +5,11 @@ one destination — absolute-form target and Host header for plain requests; CON
 SNI and Host header inside a tunnel — or it is refused with 400 ``destination_mismatch``.
 
 DestinationPin (``requestheaders``, after EgressPolicy, so names the policy denies are never even
-looked up in DNS): resolves the destination once and checks every address
-(``gateway/destinations.py``); in ``server_connect`` it replaces the connection's address with the
-vetted IP, keeping the name for SNI and the Host header, so DNS cannot change the answer between
-check and connect. Non-HTTP traffic inside a tunnel is closed.
+looked up in DNS): resolves the destination (a name's addresses are reused for ``[egress]
+resolve_cache``) and checks every address on every call (``gateway/destinations.py``); in
+``server_connect`` it replaces the connection's address with the vetted IP, keeping the name for
+SNI and the Host header, so DNS cannot change the answer between check and connect. Non-HTTP
+traffic inside a tunnel is closed.
 """
 
 from __future__ import annotations

@@ -237,7 +237,8 @@ async def serve(
                 stack.callback(task.cancel)
         verifier = TokenVerifier(keys, settings.identity, directory, revocations, issuers)
         timeout = settings.audit.commit_timeout
-        guard = DestinationGuard(settings.egress.unsafe_allow_ranges, resolve_timeout=settings.egress.resolve_timeout)
+        guard = DestinationGuard(settings.egress.unsafe_allow_ranges, resolve_timeout=settings.egress.resolve_timeout,
+                                 resolve_cache=settings.egress.resolve_cache)
         follower = PolicyFollower(policy, settings.run_dir / "listeners.json")
         stack.callback(follower.close)
         if managed is not None:

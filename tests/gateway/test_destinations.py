@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import time
 
 import pytest
 
@@ -97,3 +98,59 @@ def test_own_database_is_protected_by_every_address_of_its_name() -> None:
             vet(guard, host, 5432)
         assert caught.value.reasons == ["own_listener"]
     assert vet(guard, "127.0.0.1", 5433) == "127.0.0.1"
+
+
+class CountingGuard(DestinationGuard):
+    """The real guard and the real resolver, counting how often the resolver is asked."""
+
+    lookups = 0
+
+    async def _resolve(self, host: str, port: int) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+        self.lookups += 1
+        return await super()._resolve(host, port)
+
+
+def test_a_name_is_resolved_once_while_its_addresses_are_kept() -> None:
+    guard = CountingGuard(["127.0.0.0/8", "::1/128"])
+    addresses = {vet(guard, host, 8082) for host in ("localhost", "LOCALHOST", "localhost")}
+    assert len(addresses) == 1 and guard.lookups == 1, "one lookup, whatever the case of the name"
+    every_call = CountingGuard(["127.0.0.0/8", "::1/128"], resolve_cache=0)
+    for _ in range(3):
+        vet(every_call, "localhost", 8082)
+    assert every_call.lookups == 3
+
+
+def test_kept_addresses_expire() -> None:
+    guard = CountingGuard(["127.0.0.0/8", "::1/128"], resolve_cache=0.5)
+    vet(guard, "localhost", 8082)
+    vet(guard, "localhost", 8082)
+    assert guard.lookups == 1
+    time.sleep(0.6)
+    vet(guard, "localhost", 8082)
+    assert guard.lookups == 2
+
+
+def test_kept_addresses_are_checked_again_on_every_call() -> None:
+    """The cache saves the lookup, never the check: a listener protected after the name was
+    resolved is refused at the next call, and so are kept addresses the rules do not allow."""
+    guard = CountingGuard(["127.0.0.0/8", "::1/128"])
+    vet(guard, "localhost", 8082)
+    guard.protect("127.0.0.1", 8082)
+    with pytest.raises(PolicyDenied) as caught:
+        vet(guard, "localhost", 8082)
+    assert caught.value.reasons == ["own_listener"] and guard.lookups == 1
+    strict = CountingGuard()
+    for _ in range(2):
+        with pytest.raises(PolicyDenied) as caught:
+            vet(strict, "localhost", 8082)
+        assert caught.value.code == "destination_refused"
+    assert strict.lookups == 1
+
+
+def test_a_name_that_does_not_resolve_is_asked_again() -> None:
+    guard = CountingGuard()
+    for _ in range(2):
+        with pytest.raises(PolicyDenied) as caught:
+            vet(guard, "no-such-host.invalid")
+        assert caught.value.code == "destination_unresolvable"
+    assert guard.lookups == 2
