@@ -34,8 +34,9 @@ def rotate(cli: CliContext) -> None:
 
 
 # A kid is an RFC 7638 thumbprint in base64url and may start with "-": read it as the argument,
-# not as an unknown option.
-@keys.command("revoke", context_settings={"ignore_unknown_options": True})
+# not as an unknown option, and not as -h either (one kid in 4,096 starts with "-h"): only --help
+# shows this command's help.
+@keys.command("revoke", context_settings={"ignore_unknown_options": True, "help_option_names": ["--help"]})
 @click.argument("kid")
 @click.option("--reason", default="", help="Why (kept in the audit record).")
 @pass_cli

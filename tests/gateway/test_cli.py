@@ -59,6 +59,8 @@ def test_agents_and_tokens(home: Path) -> None:
         (["audit", "query", "--since", "yesterday"], "invalid_time"),
         # A kid may start with "-" (base64url): it is the argument, not an unknown option.
         (["keys", "revoke", "-Oabc"], "key_not_found"),
+        (["keys", "revoke", "-hAbc"], "key_not_found"),  # not the help: -h is the kid's first letters
+        (["keys", "revoke", "--xYz"], "key_not_found"),
     ],
 )
 def test_errors_are_one_line_with_a_code(home: Path, args: list[str], code: str) -> None:
