@@ -197,8 +197,8 @@ class _UnixConnection(http.client.HTTPConnection):
         self.sock.connect(self._path)
 
 
-def opa_request(url: str, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
-    """(status, body) of ``method path`` at the OPA at ``url``: ``http://`` or the managed OPA's ``unix://``."""
+def opa_get(url: str, path: str) -> tuple[int, bytes]:
+    """(status, body) of ``GET path`` at the OPA at ``url``: ``http://`` or the managed OPA's ``unix://``."""
     socket_path = unix_socket(url)
     if socket_path is not None:
         connection: http.client.HTTPConnection = _UnixConnection(socket_path, 10)
@@ -206,7 +206,7 @@ def opa_request(url: str, method: str, path: str, body: bytes | None = None) -> 
         host, _, port = url.removeprefix("http://").partition(":")
         connection = http.client.HTTPConnection(host, int(port), timeout=10)
     try:
-        connection.request(method, path, body=body)
+        connection.request("GET", path)
         response = connection.getresponse()
         return response.status, response.read()
     finally:
@@ -215,7 +215,7 @@ def opa_request(url: str, method: str, path: str, body: bytes | None = None) -> 
 
 def opa_decisions_answered(url: str) -> int:
     """How many Data API queries the OPA at ``url`` answered with 200 (its own /metrics)."""
-    status, text = opa_request(url, "GET", "/metrics")
+    status, text = opa_get(url, "/metrics")
     assert status == 200
     return int(metric(text.decode(), "http_request_duration_seconds_count", code="200", handler="v1/data", method="post"))
 

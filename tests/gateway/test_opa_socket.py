@@ -12,7 +12,7 @@ from pathlib import Path
 import requests
 
 from audit_backends import agent_ready
-from support import Gateway, Upstream, opa_request, start_gateway
+from support import Gateway, Upstream, opa_get, start_gateway
 from wardgate.gateway.opa_address import unix_socket
 
 
@@ -45,7 +45,7 @@ def test_the_managed_opa_has_a_private_socket_and_no_port(gateway: Gateway, upst
     assert Path(path).parent == gateway.settings.run_dir
     assert stat.S_ISSOCK(os.stat(path).st_mode) and stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(gateway.settings.run_dir).st_mode) == 0o700
-    assert opa_request(gateway.listeners["opa"], "GET", "/health")[0] == 200
+    assert opa_get(gateway.listeners["opa"], "/health")[0] == 200
     opa = int(gateway.listeners["opa_pid"])
     assert socket_inodes(opa), "OPA holds its socket"
     assert not socket_inodes(opa) & listening_tcp_inodes(), "OPA listens on a TCP port"

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from support import Gateway, Upstream, opa_request, start_gateway, write_tenant_policy
+from support import Gateway, Upstream, opa_get, start_gateway, write_tenant_policy
 from wardgate.gateway.opa_address import unix_socket
 
 DEADLINE = 30.0
@@ -109,7 +109,7 @@ def test_reload_keeps_serving_and_rejects_broken_policies(reload_gateway: tuple[
         listeners = json.loads((gateway.settings.run_dir / "listeners.json").read_text())
         assert listeners["opa"] != first_opa
         assert Path(unix_socket(listeners["opa"]) or "").parent == gateway.settings.run_dir
-        assert opa_request(listeners["opa"], "GET", "/health")[0] == 200
+        assert opa_get(listeners["opa"], "/health")[0] == 200
         until(lambda: not Path(unix_socket(first_opa) or "").exists(), "the first OPA gone after its grace, socket and all")
     finally:
         stop.set()
