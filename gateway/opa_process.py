@@ -161,8 +161,18 @@ class ManagedOpa:
         return self._process.pid if self._process else None
 
     async def start(self) -> None:
+        """Start OPA; ``policy_rejected`` with OPA's own message if it exits (typically a policy
+        that does not compile), ``policy_unavailable`` if it runs but does not answer in time."""
+        logged = await asyncio.to_thread(_size, self._log_file)  # the log is kept across starts: read this one's lines
         await self._spawn()
-        await wait_healthy(self.url, self._settings.startup_timeout)
+        assert self._process is not None
+        try:
+            await _healthy_or_exited(self._process, self.url, self._settings.startup_timeout)
+        except DependencyUnavailable:
+            if self._process.returncode is None:
+                raise DependencyUnavailable(f"OPA at {self.url} did not become healthy", code="policy_unavailable") from None
+            message = await asyncio.to_thread(_opa_error, self._log_file, "OPA did not start with the policies", logged)
+            raise ConfigError(message, code="policy_rejected") from None
         self._supervisor = asyncio.create_task(self._supervise(), name="opa-supervisor")
 
     async def _spawn(self) -> None:
@@ -197,7 +207,8 @@ class ManagedOpa:
                 process.kill()
             await process.wait()
             socket_path.unlink(missing_ok=True)
-            raise ConfigError(_opa_error(attempt_log), code="policy_rejected") from None
+            message = await asyncio.to_thread(_opa_error, attempt_log, "OPA refused the new policies")
+            raise ConfigError(message, code="policy_rejected") from None
         old, old_supervisor = self._process, self._supervisor
         self._process, self._socket = process, socket_path
         self._supervisor = asyncio.create_task(self._supervise(), name="opa-supervisor")
@@ -268,11 +279,21 @@ async def _healthy_or_exited(process: asyncio.subprocess.Process, url: str, dead
     raise DependencyUnavailable("the new OPA did not start", code="policy_unavailable")
 
 
-def _opa_error(log_file: Path) -> str:
-    """OPA's complaint, without the noise (root warning, deprecations), as one readable message."""
+def _size(path: Path) -> int:
     try:
-        lines = log_file.read_text(errors="replace").splitlines()
+        return path.stat().st_size
     except OSError:
-        return "OPA did not start with the new policies"
+        return 0
+
+
+def _opa_error(log_file: Path, what: str, offset: int = 0) -> str:
+    """``what``, then OPA's complaint (its log from ``offset`` on) without the noise (root warning,
+    deprecations), as one readable message."""
+    try:
+        with open(log_file, "rb") as log_handle:
+            log_handle.seek(offset)
+            lines = log_handle.read().decode(errors="replace").splitlines()
+    except OSError:
+        return what
     wanted = [line for line in lines if line.strip() and "root privileges" not in line and "deprecated" not in line]
-    return "OPA refused the new policies: " + (" | ".join(wanted[-6:]) or "no message")
+    return f"{what}: " + (" | ".join(wanted[-6:]) or "no message")

@@ -17,8 +17,9 @@ from support import POLICIES, REPO
 from wardgate.gateway.keys import KeyRing
 
 
-def wardgate(home: Path, *args: str, stdin: str | None = None, cwd: Path | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "WARDGATE_HOME": str(home), "WARDGATE_OPA__PATHS": str(POLICIES)}
+def wardgate(home: Path, *args: str, stdin: str | None = None, cwd: Path | None = None, timeout: float = 60,
+             env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "WARDGATE_HOME": str(home), "WARDGATE_OPA__PATHS": str(POLICIES), **(env or {})}
     env.pop("WARDGATE_CONFIG", None)
     return subprocess.run(
         [sys.executable, "-m", "wardgate.gateway.cli", *args],
@@ -76,6 +77,18 @@ def test_unknown_config_key_stops_start_up_with_a_hint(tmp_path: Path) -> None:
     done = wardgate(tmp_path / "state", "up", cwd=tmp_path)
     assert done.returncode == 2
     assert "error[config_unknown_key]: unknown setting proxy.'listen_port'" in done.stderr
+
+
+def test_a_policy_that_does_not_compile_stops_start_up_with_opas_message(home: Path, opa_binary: str) -> None:
+    broken = home.parent / "broken-policies"
+    broken.mkdir(parents=True)
+    (broken / "authz.rego").write_text("package wardgate.authz\n\ndecision := {\n")
+    done = wardgate(home, "up", "--proxy-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
+                    env={"WARDGATE_OPA__PATHS": str(broken)})
+    assert done.returncode == 2
+    assert done.stderr.startswith("error[policy_rejected]: OPA did not start with the policies: ")
+    assert "authz.rego:" in done.stderr and "Traceback" not in done.stderr
+    assert not list((home / "run").glob("opa-*.sock")), "nothing left behind"
 
 
 def test_ca_path_prints_a_ca_certificate(home: Path) -> None:
