@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -61,6 +62,24 @@ def opa_command(binary: str, socket_path: Path, paths: list[Path]) -> list[str]:
         "--ignore", "*_test.rego", "--ignore", ".*",
         *[str(p) for p in paths],
     ]
+
+
+# Runs in the child before it becomes OPA (same pid): asks Linux to send it SIGTERM when the gateway
+# dies (prctl PR_SET_PDEATHSIG, kept across exec), so an OPA never outlives a gateway that was
+# killed; exits at once if the gateway died before the request was made.
+_TIED_TO_PARENT = (
+    "import ctypes, os, signal, sys\n"
+    "if ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM)) != 0 or os.getppid() != int(sys.argv[1]):\n"
+    "    sys.exit(3)\n"
+    "os.execv(sys.argv[2], sys.argv[2:])\n"
+)
+
+
+def tied_to_this_process(command: list[str]) -> list[str]:
+    """``command``, started so that it ends when this process dies (Linux); unchanged elsewhere."""
+    if sys.platform != "linux":
+        return command
+    return [sys.executable, "-I", "-S", "-c", _TIED_TO_PARENT, str(os.getpid()), *command]
 
 
 def opa_environment(threads: int | None, workers: int, environ: Mapping[str, str]) -> dict[str, str]:
@@ -183,7 +202,7 @@ class ManagedOpa:
         socket_path.unlink(missing_ok=True)  # left by an OPA that was killed (not left to the binary to remove)
         with open(log_file, "ab") as log_handle:
             return await asyncio.create_subprocess_exec(
-                *opa_command(self._binary, socket_path, self._settings.paths),
+                *tied_to_this_process(opa_command(self._binary, socket_path, self._settings.paths)),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log_handle,
                 stderr=log_handle,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -38,3 +40,29 @@ def test_the_running_opa_gets_its_threads(opa_binary: str, tmp_path: Path, threa
         assert environment_of(int(gw.listeners["opa_pid"]), "GOMAXPROCS") == expected
     finally:
         gw.stop()
+
+
+def gone(pid: int) -> bool:
+    """No such process, or one that has exited and waits only to be reaped."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+    return "\nState:\tZ" in status
+
+
+def test_the_managed_opa_does_not_outlive_a_killed_gateway(opa_binary: str, tmp_path: Path) -> None:
+    gw = start_gateway(tmp_path / "gw")
+    opa = int(gw.listeners["opa_pid"])
+    try:
+        assert Path(f"/proc/{opa}/exe").resolve().name == "opa", "the trampoline became OPA, same pid"
+        gw.process.send_signal(signal.SIGKILL)
+        gw.process.wait(10)
+        deadline = time.monotonic() + 10
+        while not gone(opa) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert gone(opa), "OPA still runs after its gateway was killed"
+    finally:
+        gw.stop()
+        if not gone(opa):
+            os.kill(opa, signal.SIGKILL)

@@ -57,7 +57,7 @@ def test_kill_9_under_load_loses_no_intent(opa_binary: str, tmp_path: Path, acme
         for thread in threads:
             thread.join(30)
         gateway.stop()
-        if gateway.listeners.get("opa_pid"):  # the managed OPA outlives a SIGKILLed parent
+        if gateway.listeners.get("opa_pid"):  # it ends with its gateway (test_opa_process.py); if not, here
             try:
                 os.kill(gateway.listeners["opa_pid"], signal.SIGKILL)
             except ProcessLookupError:
