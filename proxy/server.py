@@ -241,8 +241,6 @@ async def serve(
                                  resolve_cache=settings.egress.resolve_cache)
         follower = PolicyFollower(policy, settings.run_dir / "listeners.json")
         stack.callback(follower.close)
-        if managed is not None:
-            managed.on_change = follower.opa_changed
         # The managed OPA has no TCP port (a Unix socket, gateway/opa_address.py); an external one does.
         for address in [admin_addr] + ([] if unix_socket(opa_url) else [URL(opa_url).authority]):
             host, _, port = address.rpartition(":")
@@ -344,16 +342,20 @@ async def serve(
             task.add_done_callback(reloads.discard)
 
         loop.add_signal_handler(signal.SIGHUP, reload_on_signal)
-        if reloader is not None and managed is not None:
-            def opa_switched(url: str) -> None:
+        if managed is not None:
+            def opa_changed() -> None:
+                """Replaced by a reload, dead, or restarted: listeners.json says where and which
+                process it is now (the workers read it when told), then the caches follow."""
                 listeners_file = settings.run_dir / "listeners.json"
                 if listeners_file.exists():
                     current = json.loads(listeners_file.read_text())
-                    current.update(opa=url, opa_pid=managed.pid)
+                    current.update(opa=managed.url, opa_pid=managed.pid)
                     write_listeners(listeners_file, Listeners(**current))
                 follower.opa_changed()
 
-            reloader.on_switch = opa_switched
+            managed.on_change = opa_changed
+            if reloader is not None:
+                reloader.on_switch = lambda _url: opa_changed()
 
         async def announce() -> None:
             ps = proxy_master.addons.get("proxyserver")

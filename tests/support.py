@@ -261,6 +261,11 @@ class Gateway:
         finally:
             registry.close()
 
+    def live_listeners(self) -> dict[str, Any]:
+        """run/listeners.json as the gateway keeps it now (``listeners`` is the copy read at start;
+        the OPA's address and pid follow reloads and restarts)."""
+        return json.loads((self.settings.run_dir / "listeners.json").read_text())  # type: ignore[no-any-return]
+
     def mint(self, agent: str, user: str = "alice", tenant: str = "acme", ttl: float = 300, **kw: Any) -> str:
         issuer = TokenIssuer(KeyRing.load(self.settings.keys_dir), self.settings.identity)
         return issuer.mint(agent=agent, tenant=tenant, user=user, scopes=tuple(kw.pop("scopes", ())), ttl=ttl, **kw)

@@ -6,6 +6,7 @@ import os
 import signal
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 import requests
@@ -53,10 +54,14 @@ def test_opa_killed_mid_run_fails_closed_then_recovers(
 def test_managed_opa_is_restarted_after_it_dies(gateway: Gateway, upstream: Upstream) -> None:
     token = gateway.mint("acme-bot")
     assert get(gateway, token, f"{upstream.http_url}/allowed/x").status_code == 200
-    os.kill(int(gateway.listeners["opa_pid"]), signal.SIGKILL)
+    killed = int(gateway.live_listeners()["opa_pid"])
+    os.kill(killed, signal.SIGKILL)
     refused = until_status(gateway, token, f"{upstream.http_url}/allowed/x", 503, within=5)
     assert refused.headers["X-Wardgate-Error"] == "policy_unavailable"
     assert until_status(gateway, token, f"{upstream.http_url}/allowed/x", 200).status_code == 200
+    # run/listeners.json names the OPA now serving, not the one that died
+    now = gateway.live_listeners()
+    assert int(now["opa_pid"]) != killed and Path(f"/proc/{now['opa_pid']}/exe").resolve().name == "opa"
 
 
 def test_unreachable_upstream_is_502_in_the_wardgate_shape(gateway: Gateway) -> None:
