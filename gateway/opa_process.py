@@ -66,10 +66,16 @@ def opa_command(binary: str, socket_path: Path, paths: list[Path]) -> list[str]:
 
 # Runs in the child before it becomes OPA (same pid): asks Linux to send it SIGTERM when the gateway
 # dies (prctl PR_SET_PDEATHSIG, kept across exec), so an OPA never outlives a gateway that was
-# killed; exits at once if the gateway died before the request was made.
+# killed; exits at once if the gateway died before the request was made. A kernel or sandbox that
+# refuses the request still gets its OPA, untied (as before), with the reason in logs/opa.log.
 _TIED_TO_PARENT = (
     "import ctypes, os, signal, sys\n"
-    "if ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM)) != 0 or os.getppid() != int(sys.argv[1]):\n"
+    "try:\n"
+    "    if ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM)) != 0:\n"
+    "        print('wardgate: OPA not tied to the gateway: prctl failed,', os.strerror(ctypes.get_errno()), file=sys.stderr)\n"
+    "except (OSError, AttributeError) as error:\n"
+    "    print('wardgate: OPA not tied to the gateway:', error, file=sys.stderr)\n"
+    "if os.getppid() != int(sys.argv[1]):\n"
     "    sys.exit(3)\n"
     "os.execv(sys.argv[2], sys.argv[2:])\n"
 )
