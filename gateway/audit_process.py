@@ -23,7 +23,6 @@ import os
 import shutil
 import socket
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from .audit_spool import Spool
 from .audit_writer import expire_wait
 from .errors import DependencyUnavailable
 from .metrics import Metrics
+from .socket_folder import socket_folder
 
 log = logging.getLogger("wardgate.audit")
 
@@ -341,10 +341,8 @@ class AuditProcess(_WriterClient):
     def _listen(self) -> None:
         """The workers' way in: a Unix socket only this uid can reach, kept across writer restarts."""
         assert self._listen_in is not None
-        path = self._listen_in / "audit.sock"
-        if len(os.fsencode(path)) > 100:  # sun_path holds 108 bytes: a deep home gets a private temp folder
-            self._own_folder = Path(tempfile.mkdtemp(prefix="wardgate-audit-"))
-            path = self._own_folder / "audit.sock"
+        folder, self._own_folder = socket_folder(self._listen_in, "audit.sock", "wardgate-audit-")
+        path = folder / "audit.sock"
         with contextlib.suppress(FileNotFoundError):
             path.unlink()  # left by a gateway that did not stop cleanly
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import aiohttp
 
 UNIX = "unix://"
-SUN_PATH_MAX = 100  # sun_path holds 108 bytes on Linux (104 on BSDs); stay clear of both
 
 
 def unix_socket(url: str) -> str | None:

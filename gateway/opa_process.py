@@ -30,15 +30,15 @@ import logging
 import os
 import shutil
 import sys
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import aiohttp
 
 from .errors import ConfigError, DependencyUnavailable
-from .opa_address import SUN_PATH_MAX, opa_session, unix_url
+from .opa_address import opa_session, unix_url
 from .settings import OpaSettings
+from .socket_folder import socket_folder
 
 log = logging.getLogger("wardgate.opa")
 
@@ -157,10 +157,7 @@ class ManagedOpa:
         for path in settings.paths:
             if not path.exists():
                 raise ConfigError(f"policy path {path} does not exist", code="policy_path_missing")
-        self._own_folder: Path | None = None
-        if len(os.fsencode(folder / "opa-000.sock")) > SUN_PATH_MAX:  # a deep home: a private temp folder
-            folder = self._own_folder = Path(tempfile.mkdtemp(prefix="wardgate-opa-"))
-        self._folder = folder
+        self._folder, self._own_folder = socket_folder(folder, "opa-000.sock", "wardgate-opa-")
         self._sockets = 0
         self._socket = self._next_socket()
         self._log_file = log_file
