@@ -41,6 +41,7 @@ from .settings import OpaSettings
 from .socket_folder import socket_folder
 
 log = logging.getLogger("wardgate.opa")
+_SOCKET = "opa-{:03d}.sock"  # a reload's OPA gets the next number: the old one serves on meanwhile
 
 INSTALL_HINT = (
     "the `opa` binary was not found. Run `make run` (it builds the pinned OPA into .bin/), "
@@ -157,7 +158,7 @@ class ManagedOpa:
         for path in settings.paths:
             if not path.exists():
                 raise ConfigError(f"policy path {path} does not exist", code="policy_path_missing")
-        self._folder, self._own_folder = socket_folder(folder, "opa-000.sock", "wardgate-opa-")
+        self._folder, self._own_folder = socket_folder(folder, _SOCKET.format(0), "wardgate-opa-")
         self._sockets = 0
         self._socket = self._next_socket()
         self._log_file = log_file
@@ -174,7 +175,7 @@ class ManagedOpa:
         return unix_url(str(self._socket))
 
     def _next_socket(self) -> Path:
-        path = self._folder / f"opa-{self._sockets:03d}.sock"
+        path = self._folder / _SOCKET.format(self._sockets)
         self._sockets += 1
         return path
 
@@ -279,7 +280,7 @@ class ManagedOpa:
                 self._process.kill()
                 await self._process.wait()
         for number in range(self._sockets):  # OPA removes its socket when it stops; not when killed
-            (self._folder / f"opa-{number:03d}.sock").unlink(missing_ok=True)
+            (self._folder / _SOCKET.format(number)).unlink(missing_ok=True)
         if self._own_folder is not None:
             shutil.rmtree(self._own_folder, ignore_errors=True)
 
