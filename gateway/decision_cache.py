@@ -7,10 +7,11 @@ any later call that agrees with it on every part of the input the policy can rea
 
 What the policy can read comes from OPA itself: the compiled modules it serves (``GET
 /v1/policies``), of which those the decision rule reaches. :func:`read_paths` collects every
-reference into ``input`` in them and keeps its longest static prefix (``input.request.headers[h]`` → ``request.headers``); the cache key is the input's
-value at each of those paths (:meth:`DecisionCache.key`). The default policy reads nine fields
-(identity, method, host, port, path, the MCP tool) and never ``time`` or ``token_id``, so its calls
-agree often. The cache stays off, and every call goes to OPA, when:
+reference into ``input`` in them and keeps its longest static prefix (``input.request.headers[h]`` →
+``request.headers``); the cache key is the input's value at each of those paths
+(:meth:`DecisionCache.key`). The default policy reads ten fields (identity, method, host, port,
+path, the MCP method and tool) and never ``time`` or ``token_id``, so its calls agree often. The
+cache stays off, and every call goes to OPA, when:
 
 - a module uses the whole input (``x := input``, ``walk(input, …)``, ``input[k]``): the key would be
   the whole document, ``time.unix`` included;

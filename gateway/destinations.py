@@ -217,8 +217,9 @@ class DestinationGuard:
             raise PolicyDenied("destination name does not resolve", code="destination_unresolvable",
                                reasons=["unresolvable"])
         if self._keep > 0:
-            self._resolved[host.lower()] = (time.monotonic() + self._keep, addresses)
-            self._resolved.move_to_end(host.lower())
+            name = host.lower()
+            self._resolved[name] = (time.monotonic() + self._keep, addresses)
+            self._resolved.move_to_end(name)
             if len(self._resolved) > RESOLVED_NAMES:
                 self._resolved.popitem(last=False)
         return addresses
