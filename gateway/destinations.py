@@ -14,18 +14,22 @@ call asks the resolver), so an agent calling the same API over and over does not
 lookup on each call: glibc keeps no cache of its own, so without this each call to a name was a
 round trip to the resolver on a thread. The reused addresses are checked again on every call,
 and a name that did not resolve is never kept, so the cache changes when the resolver is asked,
-never what is allowed.
+never what is allowed. Calls that need the same name while its lookup is under way wait for that
+lookup instead of asking again: a burst of calls to a new host is one lookup, not one thread of
+the event loop's small pool each.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import ipaddress
 import socket
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from .errors import BadRequest, DependencyUnavailable, PolicyDenied
 
@@ -127,6 +131,8 @@ class DestinationGuard:
         self._keep = resolve_cache
         # lower-cased name -> (monotonic time it expires, its addresses), least recently used first
         self._resolved: collections.OrderedDict[str, tuple[float, list[IPAddress]]] = collections.OrderedDict()
+        # lower-cased name -> its lookup under way, shared by every call that needs the name meanwhile
+        self._lookups: dict[str, asyncio.Future[list[Any]]] = {}
 
     def protect(self, host: str, port: int) -> None:
         """Never let the proxy reach ``host:port`` (one of wardgate's own listeners)."""
@@ -203,10 +209,17 @@ class DestinationGuard:
         return kept[1]
 
     async def _resolve(self, host: str, port: int) -> list[IPAddress]:
-        """Ask the resolver for every address of ``host``, and keep them for ``resolve_cache`` seconds."""
+        """Every address of ``host`` from the resolver (or from its lookup already under way),
+        kept for ``resolve_cache`` seconds."""
+        name = host.lower()
+        lookup = self._lookups.get(name)
+        if lookup is None:
+            lookup = asyncio.ensure_future(self._lookup(host, port))
+            self._lookups[name] = lookup
+            lookup.add_done_callback(functools.partial(self._looked_up, name))
         try:
-            async with asyncio.timeout(self._timeout):
-                infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            # Shielded: a caller that goes away (its client hung up) does not cancel the others' lookup.
+            infos = await asyncio.shield(lookup)
         except TimeoutError:
             raise DependencyUnavailable("destination name did not resolve in time", code="dns_unavailable") from None
         except (socket.gaierror, UnicodeError):
@@ -217,12 +230,22 @@ class DestinationGuard:
             raise PolicyDenied("destination name does not resolve", code="destination_unresolvable",
                                reasons=["unresolvable"])
         if self._keep > 0:
-            name = host.lower()
             self._resolved[name] = (time.monotonic() + self._keep, addresses)
             self._resolved.move_to_end(name)
             if len(self._resolved) > RESOLVED_NAMES:
                 self._resolved.popitem(last=False)
         return addresses
+
+    async def _lookup(self, host: str, port: int) -> list[Any]:
+        """One question to the resolver, within ``resolve_timeout``."""
+        async with asyncio.timeout(self._timeout):
+            return await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+
+    def _looked_up(self, name: str, lookup: asyncio.Future[list[Any]]) -> None:
+        if self._lookups.get(name) is lookup:
+            del self._lookups[name]
+        if not lookup.cancelled():
+            lookup.exception()  # every caller may have gone away: nobody else would look at it
 
 
 def _is_local(address: IPAddress) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import time
+from typing import Any
 
 import pytest
 
@@ -105,9 +106,23 @@ class CountingGuard(DestinationGuard):
 
     lookups = 0
 
-    async def _resolve(self, host: str, port: int) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    async def _lookup(self, host: str, port: int) -> list[Any]:
         self.lookups += 1
-        return await super()._resolve(host, port)
+        return await super()._lookup(host, port)
+
+
+class HeldGuard(CountingGuard):
+    """Each lookup waits for ``release`` before it asks the (real) resolver, so that calls can
+    arrive while it is under way."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.release = asyncio.Event()
+
+    async def _lookup(self, host: str, port: int) -> list[Any]:
+        self.lookups += 1
+        await self.release.wait()
+        return await DestinationGuard._lookup(self, host, port)
 
 
 def test_a_name_is_resolved_once_while_its_addresses_are_kept() -> None:
@@ -145,6 +160,51 @@ def test_kept_addresses_are_checked_again_on_every_call() -> None:
             vet(strict, "localhost", 8082)
         assert caught.value.code == "destination_refused"
     assert strict.lookups == 1
+
+
+def test_calls_during_a_lookup_share_it() -> None:
+    """A burst of calls to a name is one question to the resolver (and one thread of the event
+    loop's small pool), whatever the cache keeps: with ``resolve_cache = 0`` too."""
+
+    async def burst() -> None:
+        guard = HeldGuard(["127.0.0.0/8", "::1/128"], resolve_cache=0)
+        calls = [asyncio.create_task(guard.vet(host, 8082)) for host in ("localhost", "LocalHost", "localhost")]
+        await asyncio.sleep(0.05)
+        guard.release.set()
+        vetted = await asyncio.gather(*calls)
+        assert {v.address for v in vetted} == {vetted[0].address} and guard.lookups == 1
+        await guard.vet("localhost", 8082)
+        assert guard.lookups == 2, "a lookup that ended is not reused when nothing is kept"
+
+    asyncio.run(burst())
+
+
+def test_a_caller_that_goes_away_leaves_the_shared_lookup_running() -> None:
+    async def cancelled_first() -> None:
+        guard = HeldGuard(["127.0.0.0/8", "::1/128"])
+        first = asyncio.create_task(guard.vet("localhost", 8082))
+        await asyncio.sleep(0.05)
+        second = asyncio.create_task(guard.vet("localhost", 8082))
+        await asyncio.sleep(0.05)
+        first.cancel()
+        guard.release.set()
+        assert (await second).address in ("127.0.0.1", "::1")
+        assert first.cancelled() and guard.lookups == 1
+
+    asyncio.run(cancelled_first())
+
+
+def test_calls_sharing_a_failed_lookup_each_get_the_refusal() -> None:
+    async def burst() -> None:
+        guard = HeldGuard()
+        calls = [asyncio.create_task(guard.vet("no-such-host.invalid", 443)) for _ in range(3)]
+        await asyncio.sleep(0.05)
+        guard.release.set()
+        refusals = await asyncio.gather(*calls, return_exceptions=True)
+        assert all(isinstance(r, PolicyDenied) and r.code == "destination_unresolvable" for r in refusals)
+        assert len({id(r) for r in refusals}) == 3 and guard.lookups == 1
+
+    asyncio.run(burst())
 
 
 def test_a_name_that_does_not_resolve_is_asked_again() -> None:
