@@ -17,10 +17,12 @@ import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
+from .opa_address import unix_socket
 
 ENV_PREFIX = "WARDGATE_"
 # Variables that select where configuration lives rather than being part of it.
@@ -133,8 +135,9 @@ class AdminSettings(_Section):
 
 
 class OpaSettings(_Section):
-    # "managed": wardgate runs `opa run --server` as a child on loopback, loaded from `paths`.
-    # "external": an OPA someone else runs, reached at `url`.
+    # "managed": wardgate runs `opa run --server` as a child on a Unix socket in its private run
+    # folder, loaded from `paths`. "external": an OPA someone else runs, reached at `url`:
+    # http://host:port, https://host:port, or unix:///path/to/opa.sock (gateway/opa_address.py).
     mode: Literal["managed", "external"] = "managed"
     url: str | None = None
     binary: str = "opa"
@@ -156,6 +159,25 @@ class OpaSettings(_Section):
     @classmethod
     def _duration(cls, value: Any) -> float:
         return parse_duration(value)
+
+    @field_validator("url")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        socket = unix_socket(value)
+        if socket is not None:
+            if not socket.startswith("/") or len(socket) == 1:
+                raise ValueError(f"a unix:// address names the socket's absolute path (unix:///run/opa.sock), got {value!r}")
+            return value
+        parts = urlsplit(value)
+        try:
+            parts.port  # noqa: B018 - raises on a port that is not a number
+        except ValueError:
+            parts = parts._replace(netloc="")
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"expected http://host:port, https://host:port or unix:///path/to/socket, got {value!r}")
+        return value
 
 
 class IdentitySettings(_Section):

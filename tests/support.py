@@ -407,32 +407,32 @@ def start_gateway(
 
 @dataclass
 class OpaServer:
-    """A standalone ``opa run --server`` the test can stop and start again on the same port."""
+    """A standalone ``opa run --server`` the test can stop and start again on the same port (or,
+    given ``socket``, on that Unix socket)."""
 
     paths: list[Path]
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    socket: Path | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"unix://{self.socket}" if self.socket else f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
         opa = shutil.which("opa")
         assert opa
+        address = ["unix://" + str(self.socket), "--unix-socket-perm", "600"] if self.socket else [f"127.0.0.1:{self.port}"]
         self.process = subprocess.Popen(
-            [opa, "run", "--server", "--addr", f"127.0.0.1:{self.port}", "--disable-telemetry",
+            [opa, "run", "--server", "--addr", *address, "--disable-telemetry",
              "--ignore", "*_test.rego", *map(str, self.paths)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 20
-        import urllib.request
-
         while time.monotonic() < deadline:
             try:
-                with urllib.request.urlopen(f"{self.url}/health", timeout=1) as response:
-                    if response.status == 200:
-                        return
+                if opa_get(self.url, "/health")[0] == 200:
+                    return
             except OSError:
                 time.sleep(0.05)
         raise RuntimeError("opa did not become healthy")

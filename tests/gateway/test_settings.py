@@ -72,6 +72,19 @@ def test_invalid_values_and_syntax_are_config_errors(tmp_path: Path) -> None:
     assert caught.value.code == "config_syntax"
 
 
+@pytest.mark.parametrize("url", ["127.0.0.1:8181", "ftp://opa:8181", "http://", "http://opa:port", "unix://opa.sock", "unix://"])
+def test_an_opa_address_wardgate_cannot_reach_is_refused_at_load(tmp_path: Path, url: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(environ={"WARDGATE_OPA__MODE": "external", "WARDGATE_OPA__URL": url}, cwd=tmp_path)
+    assert caught.value.code == "config_invalid" and "opa.url" in caught.value.message
+    assert repr(url) in caught.value.message
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8181", "https://opa.internal", "unix:///run/opa/opa.sock"])
+def test_opa_addresses_wardgate_can_reach(tmp_path: Path, url: str) -> None:
+    assert load_settings(environ={"WARDGATE_OPA__MODE": "external", "WARDGATE_OPA__URL": url}, cwd=tmp_path).opa.url == url
+
+
 def test_precedence_overrides_over_env_over_file(tmp_path: Path) -> None:
     (tmp_path / "wardgate.toml").write_text("[proxy.listen]\nport = 1111\n[admin.listen]\nport = 2222\n[opa]\ntimeout = '2s'\n")
     env = {"WARDGATE_ADMIN__LISTEN__PORT": "3333", "WARDGATE_OPA__TIMEOUT": "250ms"}
