@@ -38,7 +38,7 @@ import aiohttp
 from .errors import ConfigError, DependencyUnavailable
 from .opa_address import opa_session, unix_url
 from .settings import OpaSettings
-from .socket_folder import socket_folder
+from .socket_folder import remove_dead_sockets, socket_folder
 
 log = logging.getLogger("wardgate.opa")
 _SOCKET = "opa-{:03d}.sock"  # a reload's OPA gets the next number: the old one serves on meanwhile
@@ -187,6 +187,8 @@ class ManagedOpa:
         """Start OPA; ``policy_rejected`` with OPA's own message if it exits (typically a policy
         that does not compile), ``policy_unavailable`` if it runs but does not answer in time."""
         logged = await asyncio.to_thread(_size, self._log_file)  # the log is kept across starts: read this one's lines
+        if self._own_folder is None:  # the run folder: sockets of an OPA killed with its gateway may be there
+            await asyncio.to_thread(remove_dead_sockets, self._folder, _SOCKET.replace("{:03d}", "*"))
         await self._spawn()
         assert self._process is not None
         try:

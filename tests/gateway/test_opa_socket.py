@@ -6,6 +6,7 @@ no authentication) or bound the port first and answered every decision itself.""
 from __future__ import annotations
 
 import os
+import socket
 import stat
 from pathlib import Path
 
@@ -71,3 +72,22 @@ def test_a_home_too_deep_for_a_socket_path_gets_a_private_temp_folder(opa_binary
     finally:
         gateway.stop()
     assert not path.parent.exists(), "the temp folder is removed at stop"
+
+
+def test_sockets_of_a_killed_opa_are_removed_at_start(opa_binary: str, tmp_path: Path, acme_policy: Path) -> None:
+    """OPA removes its socket when it stops, not when it is killed with its gateway (SIGKILL)."""
+    run = tmp_path / "home" / "run"
+    run.mkdir(parents=True, mode=0o700)
+    dead = run / "opa-004.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as left:
+        left.bind(str(dead))  # bound and closed: the file stays, nothing listens behind it
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as live:
+        live.bind(str(run / "opa-009.sock"))
+        live.listen()
+        gateway = start_gateway(tmp_path, policy_paths=[acme_policy])
+        try:
+            assert not dead.exists(), "the dead socket is gone"
+            assert (run / "opa-009.sock").exists(), "a socket something listens on is left alone"
+            assert opa_get(gateway.listeners["opa"], "/health")[0] == 200
+        finally:
+            gateway.stop()
