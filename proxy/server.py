@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -344,14 +345,11 @@ async def serve(
         loop.add_signal_handler(signal.SIGHUP, reload_on_signal)
         if managed is not None:
             def opa_changed() -> None:
-                """Replaced by a reload, dead, or restarted: listeners.json says where and which
-                process it is now (the workers read it when told), then the caches follow."""
-                listeners_file = settings.run_dir / "listeners.json"
-                if listeners_file.exists():
-                    current = json.loads(listeners_file.read_text())
-                    current.update(opa=managed.url, opa_pid=managed.pid)
-                    write_listeners(listeners_file, Listeners(**current))
-                follower.opa_changed()
+                """Replaced by a reload, dead, or restarted: the caches follow, and listeners.json
+                says where and which process it is now (the workers read it when told)."""
+                assert managed is not None
+                follower.opa_changed(functools.partial(point_listeners_at, settings.run_dir / "listeners.json",
+                                                       managed.url, managed.pid))
 
             managed.on_change = opa_changed
             if reloader is not None:
@@ -384,6 +382,14 @@ async def serve(
         if worker_of is None:
             with contextlib.suppress(FileNotFoundError):
                 (settings.run_dir / "listeners.json").unlink()
+
+
+def point_listeners_at(path: Path, opa: str, opa_pid: int | None) -> None:
+    """Rewrite ``path`` (if written yet) with the OPA now serving. Blocking."""
+    if path.exists():
+        current = json.loads(path.read_text())
+        current.update(opa=opa, opa_pid=opa_pid)
+        write_listeners(path, Listeners(**current))
 
 
 def write_listeners(path: Path, listeners: Listeners) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from support import Gateway, OpaServer, Upstream, free_port
+from support import Gateway, OpaServer, Upstream, free_port, start_gateway
 
 
 def get(gateway: Gateway, token: str, url: str) -> requests.Response:
@@ -62,6 +62,25 @@ def test_managed_opa_is_restarted_after_it_dies(gateway: Gateway, upstream: Upst
     # run/listeners.json names the OPA now serving, not the one that died
     now = gateway.live_listeners()
     assert int(now["opa_pid"]) != killed and Path(f"/proc/{now['opa_pid']}/exe").resolve().name == "opa"
+
+
+def test_a_damaged_listeners_file_does_not_stop_the_opa_restarts(opa_binary: str, tmp_path: Path, acme_policy: Path,
+                                                                  upstream_ca_file: Path, upstream: Upstream) -> None:
+    """run/listeners.json is rewritten when OPA changes; if that cannot be done (here: the file is
+    not JSON any more), it is logged, and OPA is still restarted and calls are decided again."""
+    gw = start_gateway(tmp_path, policy_paths=[acme_policy], upstream_ca=upstream_ca_file)
+    try:
+        gw.create_agent("acme-bot", "acme", ["read"])
+        token = gw.mint("acme-bot")
+        assert until_status(gw, token, f"{upstream.http_url}/allowed/x", 200).status_code == 200
+        killed = int(gw.live_listeners()["opa_pid"])
+        (gw.settings.run_dir / "listeners.json").write_text("{")
+        os.kill(killed, signal.SIGKILL)
+        assert until_status(gw, token, f"{upstream.http_url}/allowed/x", 503, within=5).status_code == 503
+        assert until_status(gw, token, f"{upstream.http_url}/allowed/x", 200).status_code == 200
+        assert "cannot rewrite" in gw.log.read_text()
+    finally:
+        gw.stop()
 
 
 def test_unreachable_upstream_is_502_in_the_wardgate_shape(gateway: Gateway) -> None:
