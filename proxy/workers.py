@@ -41,7 +41,7 @@ READY_TIMEOUT = 60.0
 class WorkerOf:
     """What a worker is told by the first process: where to listen, which OPA, what to protect."""
 
-    proxy: str  # HOST:PORT the first process bound (port 0 already resolved)
+    proxy: str  # HOST:PORT to bind: the configured host (every address it names) and the port the first process got
     opa: str  # the first process's OPA (managed or external)
     admin: str  # the admin API, which the proxy must never reach
     echo: str | None  # the demo echo service, which the proxy may reach
@@ -73,16 +73,25 @@ async def reuse_port_server(handle_stream: Callable[[asyncio.StreamReader, async
                             host: str, port: int) -> asyncio.Server:
     """A server on ``host:port`` that other processes may bind too (SO_REUSEPORT).
 
-    The socket names its protocol, TCP: asyncio turns Nagle's algorithm off only on connections
-    whose socket says TCP, and a connection accepted on a socket made with protocol 0 says 0. With
-    Nagle on, a response written in two pieces waited for the client's delayed ACK: every call
-    through a worker took 40 ms more."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host or "0.0.0.0", port))
-    return await asyncio.start_server(handle_stream, sock=sock, backlog=1024)
+    Bound as mitmproxy binds without workers: every address ``host`` names (``localhost``: both
+    127.0.0.1 and ::1; ``""``: every interface, IPv4 and IPv6), all on one port, also when ``port``
+    is 0. asyncio makes each socket with the protocol the resolver names, TCP, so it turns Nagle's
+    algorithm off on the connections they accept (with Nagle on, a response written in two pieces
+    waited for the client's delayed ACK: every call through a worker took 40 ms more)."""
+    for attempt in range(3):
+        chosen = port or _free_port()
+        try:
+            return await asyncio.start_server(handle_stream, host, chosen, reuse_port=True, backlog=1024)
+        except OSError:
+            if port or attempt == 2:  # a free port for IPv4 may be taken on IPv6: try another
+                raise
+    raise AssertionError("unreachable")
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("", 0))
+        return int(probe.getsockname()[1])
 
 
 def die_with_parent(parent: int) -> None:

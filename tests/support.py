@@ -372,9 +372,10 @@ def gateway_environ() -> dict[str, str]:
 def start_gateway(
     root: Path, *, extra_config: str = "", policy_paths: list[Path] | None = None, upstream_ca: Path | None = None,
     env: dict[str, str] | None = None, allow_ranges: list[str] | None = LOOPBACK_RANGES,
-    up_args: list[str] | None = None,
+    up_args: list[str] | None = None, proxy_listen: str | None = "127.0.0.1:0",
 ) -> Gateway:
-    """A gateway whose upstreams live on loopback, so loopback is allowed unless ``allow_ranges`` says otherwise."""
+    """A gateway whose upstreams live on loopback, so loopback is allowed unless ``allow_ranges`` says otherwise.
+    ``proxy_listen`` None: the proxy listens where the config says."""
     root.mkdir(parents=True, exist_ok=True)
     home = root / "home"
     paths = [POLICIES, *(policy_paths or [])]
@@ -391,7 +392,7 @@ def start_gateway(
     with open(log, "wb") as handle:
         process = subprocess.Popen(
             [sys.executable, "-m", "wardgate.gateway.cli", "--config", str(config), "up",
-             "--proxy-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", *(up_args or [])],
+             *(["--proxy-listen", proxy_listen] if proxy_listen else []), "--admin-listen", "127.0.0.1:0", *(up_args or [])],
             cwd=root, env=environment, stdout=handle, stderr=subprocess.STDOUT,
         )
     listeners_file = home / "run" / "listeners.json"

@@ -116,7 +116,9 @@ def run_worker(cli: CliContext, overrides: dict[str, object], worker_of: str, lo
 
     of = WorkerOf.from_json(worker_of)
     die_with_parent(of.parent)
-    overrides.update(proxy_listen=of.proxy, opa={"mode": "external", "url": of.opa})
+    host, _, port = of.proxy.rpartition(":")  # the host may be "" (every interface), which --proxy-listen refuses
+    overrides.update(proxy_listen=None, proxy={"listen": {"host": host.strip("[]"), "port": int(port)}},
+                     opa={"mode": "external", "url": of.opa})
     settings = cli.settings(**overrides)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 

@@ -29,3 +29,38 @@ async def test_accepted_connections_have_nagle_off_and_the_port_is_shared() -> N
     finally:
         first.close()
         second.close()
+
+
+async def test_every_interface_is_bound_on_one_port_as_without_workers() -> None:
+    """``""`` (every interface) is IPv4 and IPv6 and a name is each of its addresses, all on one
+    port, as mitmproxy binds them without workers; the workers used to bind IPv4 only."""
+    families = {info[0] for info in socket.getaddrinfo(None, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)}
+    loopback = {socket.AF_INET: "127.0.0.1", socket.AF_INET6: "::1"}
+    accepted: asyncio.Queue[socket.socket] = asyncio.Queue()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await accepted.put(writer.get_extra_info("socket"))
+        await reader.read()
+        writer.close()
+
+    first = await reuse_port_server(handle, "", 0)
+    try:
+        assert {s.family for s in first.sockets} == families
+        (port,) = {s.getsockname()[1] for s in first.sockets}
+        second = await reuse_port_server(handle, "", port)  # a second worker, same port, every family
+        try:
+            assert {s.family for s in second.sockets} == families
+            for family in families:
+                _, writer = await asyncio.open_connection(loopback[family], port)
+                server_side = await asyncio.wait_for(accepted.get(), 5)
+                assert server_side.family == family
+                assert server_side.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+                writer.close()
+        finally:
+            second.close()
+        named = await reuse_port_server(handle, "localhost", 0)
+        bound = {s.family for s in named.sockets}
+        named.close()
+        assert bound == {info[0] for info in socket.getaddrinfo("localhost", 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)}
+    finally:
+        first.close()

@@ -5,6 +5,7 @@ upstream, new connections per call."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import json
 import os
@@ -175,6 +176,39 @@ def test_two_workers_share_an_agents_tunnel_limit_and_a_dead_workers_tunnels_are
     finally:
         for sock in held:
             sock.close()
+        gw.stop()
+
+
+def listening_ports(pid: int) -> dict[str, set[int]]:
+    """The TCP ports ``pid`` listens on, by table: /proc/net/tcp (IPv4) and tcp6 (IPv6)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[len("socket:["):-1])
+    ports: dict[str, set[int]] = {}
+    for table in ("tcp", "tcp6"):
+        ports[table] = {int(fields[1].rsplit(":", 1)[1], 16)
+                        for fields in (line.split() for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:])
+                        if fields[3] == "0A" and fields[9] in inodes}
+    return ports
+
+
+def test_every_worker_listens_on_every_address_the_host_names(tmp_path: Path) -> None:
+    """``[proxy.listen] host = ""`` is every interface, IPv4 and IPv6: each worker binds what the
+    first process binds, on its port (they used to bind only the first address it reported)."""
+    policy = write_tenant_policy(tmp_path / "policy", "acme", [{"host": "127.0.0.1", "methods": ["GET"]}])
+    gw = start_gateway(tmp_path / "gw", policy_paths=[policy], up_args=["--workers", "2"], proxy_listen=None,
+                       extra_config='\n[proxy.listen]\nhost = ""\nport = 0\n')
+    try:
+        port = int(gw.listeners["proxy"].rsplit(":", 1)[1])
+        families = {info[0] for info in socket.getaddrinfo(None, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)}
+        tables = {"tcp"} | ({"tcp6"} if socket.AF_INET6 in families else set())
+        for pid in [gw.process.pid, *gw.listeners["workers"]]:
+            bound = listening_ports(pid)
+            assert all(port in bound[table] for table in tables), (pid, bound, port)
+    finally:
         gw.stop()
 
 
