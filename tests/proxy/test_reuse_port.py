@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Awaitable, Callable
 
 from wardgate.proxy.workers import reuse_port_server
 
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
-async def test_accepted_connections_have_nagle_off_and_the_port_is_shared() -> None:
+
+def accepting() -> tuple[asyncio.Queue[socket.socket], Handler]:
+    """A connection handler that puts the server side of each accepted connection on the queue."""
     accepted: asyncio.Queue[socket.socket] = asyncio.Queue()
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -17,6 +21,11 @@ async def test_accepted_connections_have_nagle_off_and_the_port_is_shared() -> N
         await reader.read()
         writer.close()
 
+    return accepted, handle
+
+
+async def test_accepted_connections_have_nagle_off_and_the_port_is_shared() -> None:
+    accepted, handle = accepting()
     first = await reuse_port_server(handle, "127.0.0.1", 0)
     port = first.sockets[0].getsockname()[1]
     second = await reuse_port_server(handle, "127.0.0.1", port)  # a second worker binds the same port
@@ -36,13 +45,7 @@ async def test_every_interface_is_bound_on_one_port_as_without_workers() -> None
     port, as mitmproxy binds them without workers; the workers used to bind IPv4 only."""
     families = {info[0] for info in socket.getaddrinfo(None, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)}
     loopback = {socket.AF_INET: "127.0.0.1", socket.AF_INET6: "::1"}
-    accepted: asyncio.Queue[socket.socket] = asyncio.Queue()
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await accepted.put(writer.get_extra_info("socket"))
-        await reader.read()
-        writer.close()
-
+    accepted, handle = accepting()
     first = await reuse_port_server(handle, "", 0)
     try:
         assert {s.family for s in first.sockets} == families
