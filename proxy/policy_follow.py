@@ -6,8 +6,8 @@ re-keys this process's decision cache (:meth:`PolicyClient.read_policy`) and sen
 worker of ``wardgate up --workers N``. A worker's SIGHUP runs :meth:`PolicyFollower.follow`: it
 reads the OPA's address from ``run/listeners.json`` (the first process rewrites it, on a thread,
 before signalling; one change at a time, in order), points its policy client there and re-keys its
-own cache. (The managed OPA listens on a Unix socket
-in the private run folder, so there is no port for the proxy to guard: gateway/opa_address.py.)
+own cache. (The managed OPA listens on a Unix socket in the private run folder, so there is no port
+for the proxy to guard: gateway/opa_address.py.)
 Until the signal arrives a worker keeps asking the OPA it knew, which serves on for the grace period
 of a reload (``[opa] timeout`` + 2 s).
 """

@@ -368,8 +368,9 @@ async def serve(
                 if workers > 1:
                     assert isinstance(audit, AuditProcess) and audit.listen_path is not None
                     assert counts is not None
-                    of = WorkerOf(f"{settings.proxy.listen.host}:{port}", opa_url, admin_addr, echo_addr, audit.listen_path, str(counts.path),
-                                  workers, os.getpid(), opa_managed=managed is not None)
+                    # The workers bind the configured host (every address it names) on the port this process got.
+                    of = WorkerOf(f"{settings.proxy.listen.host}:{port}", opa_url, admin_addr, echo_addr, audit.listen_path,
+                                  str(counts.path), workers, os.getpid(), opa_managed=managed is not None)
                     listeners.workers = await stack.enter_async_context(
                         run_workers(workers - 1, of, audit.stop_timeout, on_exit=counts.forget))
                     follower.workers = listeners.workers
