@@ -49,13 +49,6 @@ class Bindings:
         service = self._services.get(name)
         return Binding(name, service) if service is not None else None
 
-    def for_host(self, host: str) -> Binding | None:
-        """The service whose hosts cover ``host``, whatever the port or scheme."""
-        for name, service in self._services.items():
-            if any(host_matches(pattern, host) for pattern in service.hosts):
-                return Binding(name, service)
-        return None
-
     def resolve(self, scheme: str, host: str, port: int) -> Binding | None:
         """The service whose credential may go to this destination, or None.
 
