@@ -74,7 +74,8 @@ async def reuse_port_server(handle_stream: Callable[[asyncio.StreamReader, async
     """A server on ``host:port`` that other processes may bind too (SO_REUSEPORT).
 
     Bound as mitmproxy binds without workers: every address ``host`` names (a name: each address
-    it resolves to; ``""``: every interface, IPv4 and IPv6), all on one port, also when ``port`` is 0. asyncio makes each socket with the protocol the resolver names, TCP, so it turns Nagle's
+    it resolves to; ``""``: every interface, IPv4 and IPv6), all on one port, also when ``port`` is
+    0. asyncio makes each socket with the protocol the resolver names, TCP, so it turns Nagle's
     algorithm off on the connections they accept (with Nagle on, a response written in two pieces
     waited for the client's delayed ACK: every call through a worker took 40 ms more)."""
     for attempt in range(3):

@@ -11,7 +11,17 @@ import pytest
 import trustme
 
 from counting import CountingUpstream
-from support import POLICIES, REPO, Gateway, OpaServer, Upstream, require, start_gateway, write_tenant_policy
+from support import (
+    POLICIES,
+    REPO,
+    Gateway,
+    OpaServer,
+    Upstream,
+    require,
+    start_gateway,
+    start_gateway_on_opa,
+    write_tenant_policy,
+)
 
 # The make targets put the pinned OPA here; tests run straight from pytest find it too.
 os.environ["PATH"] = f"{REPO / '.bin'}{os.pathsep}{os.environ.get('PATH', '')}"
@@ -88,10 +98,6 @@ def gateway_on_external_opa(
     tmp_path: Path, external_opa: OpaServer, upstream_ca_file: Path, acme_policy: Path
 ) -> Iterator[Gateway]:
     """A gateway asking ``external_opa`` (``[opa] mode = "external"``), with agent acme-bot."""
-    gw = start_gateway(
-        tmp_path, upstream_ca=upstream_ca_file,
-        env={"WARDGATE_OPA__MODE": "external", "WARDGATE_OPA__URL": external_opa.url},
-    )
-    gw.create_agent("acme-bot", "acme", ["read"])
+    gw = start_gateway_on_opa(tmp_path, external_opa, upstream_ca_file)
     yield gw
     gw.stop()

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import requests
 import trustme
 from aiohttp import web
 
@@ -343,6 +344,19 @@ def get_on_new_connection(gateway: Gateway, url: str, token: str) -> http.client
     assert response.status == 200
     response.read()
     return connection
+
+
+def get_through(gateway: Gateway, token: str, url: str) -> requests.Response:
+    """GET ``url`` (http or https) through ``gateway`` as the agent holding ``token``."""
+    proxy = gateway.proxy_with(token)
+    return requests.get(url, proxies={"http": proxy, "https": proxy}, verify=str(gateway.ca_file), timeout=15)
+
+
+def start_gateway_on_opa(root: Path, opa: OpaServer, upstream_ca: Path) -> Gateway:
+    """A gateway asking ``opa`` (``[opa] mode = "external"``), with agent acme-bot."""
+    gw = start_gateway(root, upstream_ca=upstream_ca, env={"WARDGATE_OPA__MODE": "external", "WARDGATE_OPA__URL": opa.url})
+    gw.create_agent("acme-bot", "acme", ["read"])
+    return gw
 
 
 def environment_of(pid: int, name: str) -> str | None:

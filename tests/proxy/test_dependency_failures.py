@@ -12,11 +12,7 @@ import pytest
 import requests
 
 from support import Gateway, OpaServer, Upstream, free_port, start_gateway
-
-
-def get(gateway: Gateway, token: str, url: str) -> requests.Response:
-    proxy = gateway.proxy_with(token)
-    return requests.get(url, proxies={"http": proxy, "https": proxy}, verify=str(gateway.ca_file), timeout=15)
+from support import get_through as get
 
 
 def until_status(gateway: Gateway, token: str, url: str, status: int, within: float = 20.0) -> requests.Response:

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from support import POLICIES, Gateway, OpaServer, Upstream, start_gateway
+from support import POLICIES, Gateway, OpaServer, Upstream, start_gateway_on_opa
+from support import get_through as get
 
 
 @pytest.fixture
@@ -30,16 +31,9 @@ def opa_on_socket(opa_binary: str, acme_policy: Path) -> Iterator[OpaServer]:
 
 @pytest.fixture
 def gateway_on_socket(tmp_path: Path, opa_on_socket: OpaServer, upstream_ca_file: Path) -> Iterator[Gateway]:
-    gw = start_gateway(tmp_path, upstream_ca=upstream_ca_file,
-                       env={"WARDGATE_OPA__MODE": "external", "WARDGATE_OPA__URL": opa_on_socket.url})
-    gw.create_agent("acme-bot", "acme", ["read"])
+    gw = start_gateway_on_opa(tmp_path, opa_on_socket, upstream_ca_file)
     yield gw
     gw.stop()
-
-
-def get(gateway: Gateway, token: str, url: str) -> requests.Response:
-    proxy = gateway.proxy_with(token)
-    return requests.get(url, proxies={"http": proxy, "https": proxy}, verify=str(gateway.ca_file), timeout=15)
 
 
 def test_the_policy_on_the_socket_decides(gateway_on_socket: Gateway, opa_on_socket: OpaServer, upstream: Upstream) -> None:
