@@ -30,7 +30,7 @@ from typing import Any
 from .audit import AuditRecord, record_values
 from .audit_child import COMMIT, LATER, SPOOL, FrameError, FrameReader, frame
 from .audit_spool import Spool
-from .audit_writer import expire_wait
+from .audit_writer import PendingCommit
 from .errors import DependencyUnavailable
 from .metrics import Metrics
 from .socket_folder import socket_folder
@@ -178,14 +178,7 @@ class _WriterClient:
 
     async def commit(self, record: AuditRecord, timeout: float, *, spool_on_failure: bool = False) -> None:
         """Commit ``record`` durably or raise ``audit_unavailable``: the caller must not proceed."""
-        future = self.submit(record, spool_on_failure=spool_on_failure)
-        started = time.perf_counter()
-        expiry = asyncio.get_running_loop().call_later(timeout, expire_wait, future)
-        try:
-            await future
-        finally:
-            expiry.cancel()
-        self.metrics.observe_commit(time.perf_counter() - started)
+        await PendingCommit(self, record, timeout, spool_on_failure=spool_on_failure).wait()
 
     def _message(self, record: AuditRecord, flag: int) -> bytes | None:
         """The record's frame, kept until settled; None (and counted lost) if it cannot be encoded."""

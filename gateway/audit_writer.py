@@ -66,6 +66,8 @@ class AuditLog(Protocol):
 
     metrics: Metrics
 
+    def submit(self, record: AuditRecord, *, spool_on_failure: bool = False) -> asyncio.Future[None]: ...
+
     async def commit(self, record: AuditRecord, timeout: float, *, spool_on_failure: bool = False) -> None: ...
 
     def record_later(self, record: AuditRecord) -> None: ...
@@ -93,6 +95,42 @@ class AuditLog(Protocol):
 def expire_wait(future: asyncio.Future[None]) -> None:
     if not future.done():  # nobody waits any more; the writer still commits (or spools) the record
         future.set_exception(DependencyUnavailable("audit record could not be committed in time", code="audit_unavailable"))
+
+
+class PendingCommit:
+    """A record handed to the writer now whose commit is waited for later, within ``timeout`` of now.
+
+    The intent record is sent as soon as the call is judged and waited for just before the call
+    leaves, so its commit overlaps reading the rest of the request (proxy/intent.py); ``commit`` is
+    the same with the wait at once. A commit nobody ends up waiting for (the call failed in between)
+    settles quietly: its timer is cancelled and a failure is not reported as never retrieved.
+    """
+
+    __slots__ = ("_expiry", "_future", "_metrics", "_started")
+
+    def __init__(self, audit: AuditLog, record: AuditRecord, timeout: float, *, spool_on_failure: bool = False) -> None:
+        # A timer that fails the future rather than asyncio.wait_for(shield(...)): the same outcome
+        # for a fraction of the event loop's time.
+        self._started = time.perf_counter()
+        self._metrics = audit.metrics
+        self._future = audit.submit(record, spool_on_failure=spool_on_failure)
+        self._expiry = asyncio.get_running_loop().call_later(timeout, expire_wait, self._future)
+        self._future.add_done_callback(self._settled)
+
+    def _settled(self, future: asyncio.Future[None]) -> None:
+        self._expiry.cancel()
+        if not future.cancelled():
+            future.exception()  # retrieved: a caller that waits still gets it raised
+
+    @property
+    def done(self) -> bool:
+        """Already settled: only a failure can be known this early (the writer is down)."""
+        return self._future.done()
+
+    async def wait(self) -> None:
+        """Returns once the record is durable; ``audit_unavailable`` if it is not within the timeout."""
+        await self._future
+        self._metrics.observe_commit(time.perf_counter() - self._started)
 
 
 class AuditWriter:
@@ -219,17 +257,7 @@ class AuditWriter:
         ``spool_on_failure`` (refusals): if the store refuses the record, keep it in the spool
         anyway; the caller still gets the error, since the record is not in the store yet.
         """
-        future = self.submit(record, spool_on_failure=spool_on_failure)
-        assert self._loop is not None
-        started = time.perf_counter()
-        # A timer that fails the future rather than asyncio.wait_for(shield(...)): the same
-        # outcome for a fraction of the event loop's time.
-        expiry = self._loop.call_later(timeout, expire_wait, future)
-        try:
-            await future
-        finally:
-            expiry.cancel()
-        self.metrics.observe_commit(time.perf_counter() - started)
+        await PendingCommit(self, record, timeout, spool_on_failure=spool_on_failure).wait()
 
     # -- writer thread ---------------------------------------------------------------------------
 

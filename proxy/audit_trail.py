@@ -128,7 +128,7 @@ class AuditTrail:
 
     def error(self, flow: http.HTTPFlow) -> None:
         call = flow.metadata.get(KEY)
-        if call is None or call.forwarded_at is None or flow.metadata.get(OUTCOME_WRITTEN):
+        if call is None or not call.owes_outcome(flow) or flow.metadata.get(OUTCOME_WRITTEN):
             return
         flow.metadata[OUTCOME_WRITTEN] = True
         now = time.perf_counter()
@@ -149,7 +149,7 @@ class AuditTrail:
                 "outcome",
                 status=status,
                 error=code,
-                latency_upstream_ms=(now - call.forwarded_at) * 1000,
+                latency_upstream_ms=(now - call.forwarded_at) * 1000 if call.forwarded_at is not None else None,
                 latency_total_ms=(now - call.started) * 1000,
             )
         )

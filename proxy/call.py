@@ -11,6 +11,7 @@ from typing import Any
 from mitmproxy import http
 
 from wardgate.gateway.audit import AuditRecord, Kind
+from wardgate.gateway.audit_writer import PendingCommit
 from wardgate.gateway.identity import Principal
 from wardgate.gateway.ids import new_id
 from wardgate.gateway.errors import ErrorResponse, WardgateError
@@ -27,7 +28,11 @@ class Call:
     principal: Principal | None = None
     decision: Decision | None = None
     policy_ms: float | None = None
+    # Set once the intent record is durable and the call may leave (proxy/intent.py); cleared again
+    # by a refusal after that (approval, idempotency, injection), whose record then closes the call.
     forwarded_at: float | None = None
+    # The intent record, sent as soon as the call was judged and waited for just before it leaves.
+    intent: PendingCommit | None = None
     # Filled by addons that run before EgressPolicy; the policy input is built from them.
     credential_service: str | None = None
     mcp: McpInput | None = None
@@ -48,6 +53,13 @@ class Call:
     scrub_count: int = 0
     # Method, scheme, host, port, path and x-wardgate-step as the first record of the call saw them.
     request_line: tuple[str, str, str, int, str | None, str | None] | None = None
+
+    def owes_outcome(self, flow: http.HTTPFlow) -> bool:
+        """The call's intent record is durable or on its way and no refusal closed the call: however
+        it ends (413, 408, an upstream error, the agent gone), its end is an outcome record."""
+        if self.forwarded_at is not None:
+            return True
+        return self.intent is not None and not flow.metadata.get("wardgate.refused")
 
     @property
     def proceeds(self) -> bool:

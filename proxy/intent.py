@@ -1,8 +1,12 @@
 """IntentRecord: no record, no forwarding.
 
-The last ``requestheaders`` step before a call leaves: an allowed call is forwarded only once its
-intent record is durably committed; if that cannot happen within ``audit.commit_timeout`` the agent
-gets 503 ``audit_unavailable`` and nothing is sent upstream.
+An allowed call's intent record goes to the audit writer as soon as the call is judged (the last
+``requestheaders`` step; ``request`` for MCP calls, judged on their body) and is waited for in the
+``request`` step, before approval, idempotency, injection and anything that sends: the commit runs
+while the rest of the request is read. The call is forwarded only once the record is durable; if
+that cannot happen within ``audit.commit_timeout`` of sending it the agent gets 503
+``audit_unavailable`` and nothing is sent upstream. Request bodies are never streamed (framing.py),
+so nothing of the call leaves before the ``request`` step ends.
 """
 
 from __future__ import annotations
@@ -13,10 +17,10 @@ from typing import Any
 
 from mitmproxy import http
 
-from wardgate.gateway.audit_writer import AuditLog
+from wardgate.gateway.audit_writer import AuditLog, PendingCommit
 from wardgate.gateway.errors import WardgateError
 
-from .call import call_of
+from .call import Call, call_of
 from .refusals import refuse
 
 
@@ -25,21 +29,31 @@ class IntentRecord:
         self._audit = audit
         self._audit_timeout = audit_timeout
 
-    async def requestheaders(self, flow: http.HTTPFlow) -> None:
-        if not call_of(flow).decide_on_body:
-            await self._commit(flow)
-
-    def request(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
-        if call_of(flow).decide_on_body:  # MCP: decided once the body was read
-            return self._commit(flow)
+    def requestheaders(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
+        call = call_of(flow)
+        if call.decide_on_body:
+            return None
+        self._send(flow, call)
+        if call.intent is not None and call.intent.done:  # the writer is down: refused before the body is read
+            return self._forwardable(flow, call)
         return None
 
-    async def _commit(self, flow: http.HTTPFlow) -> None:
+    def request(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
         call = call_of(flow)
-        if flow.response is not None or not call.proceeds:
-            return
+        if call.decide_on_body:  # MCP: decided once the body was read
+            self._send(flow, call)
+        if call.intent is None or call.forwarded_at is not None or flow.response is not None:
+            return None
+        return self._forwardable(flow, call)
+
+    def _send(self, flow: http.HTTPFlow, call: Call) -> None:
+        if flow.response is None and call.proceeds:
+            call.intent = PendingCommit(self._audit, call.record(flow, "intent"), self._audit_timeout)
+
+    async def _forwardable(self, flow: http.HTTPFlow, call: Call) -> None:
+        assert call.intent is not None
         try:
-            await self._audit.commit(call.record(flow, "intent"), self._audit_timeout)
+            await call.intent.wait()
         except WardgateError as error:
             await refuse(flow, error, self._audit, self._audit_timeout)
             return
