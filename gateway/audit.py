@@ -152,14 +152,24 @@ def chain_hash(prev_hash: str, record: AuditRecord) -> str:
     return hashlib.sha256(prev_hash.encode() + b"\n" + record.canonical()).hexdigest()
 
 
-def chain_rows(records: list[AuditRecord], writer: str, seq: int, prev: str) -> tuple[list[list[Any]], int, str]:
-    """``records`` as rows for INSERT_HEAD/INSERT_ROW, chained on from ``seq``/``prev``.
+def prepared(record: AuditRecord) -> tuple[list[Any], bytes]:
+    """The record's normalised values and canonical bytes: all of chaining it but the hash, which
+    needs the record before it."""
+    values = _normalized(record)
+    return values, _canonical(values)
+
+
+def chain_rows(records: list[AuditRecord], writer: str, seq: int, prev: str,
+               ready: dict[str, tuple[list[Any], bytes]] | None = None) -> tuple[list[list[Any]], int, str]:
+    """``records`` as rows for INSERT_HEAD/INSERT_ROW, chained on from ``seq``/``prev``; a record
+    whose id is in ``ready`` (taken out of it) uses what :func:`prepared` gave for it earlier.
 
     Returns the rows and the chain's new ``seq`` and head hash."""
     rows = []
     for record in records:
-        values = _normalized(record)
-        digest = hashlib.sha256(prev.encode() + b"\n" + _canonical(values)).hexdigest()
+        early = ready.pop(record.id, None) if ready else None
+        values, canonical = early if early is not None else prepared(record)
+        digest = hashlib.sha256(prev.encode() + b"\n" + canonical).hexdigest()
         seq += 1
         values[_REASONS_AT] = json.dumps(values[_REASONS_AT])
         values += (writer, seq, prev, digest)

@@ -18,9 +18,9 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
-from .audit import GENESIS, INSERT_HEAD, INSERT_ROW, SCHEMA, AuditRecord, chain_rows
+from .audit import GENESIS, INSERT_HEAD, INSERT_ROW, SCHEMA, AuditRecord, chain_rows, prepared
 from .audit_checkpoint import INSERT_CHECKPOINT, Checkpoint, CheckpointSink, checkpoint_row
 from .audit_keys import CheckpointSigner
 from .audit_spool import Spool
@@ -172,6 +172,9 @@ class AuditWriter:
         self._inbox: Inbox = self._queue
         # deque.append and popleft are atomic: the loop appends, the writer takes.
         self._later: collections.deque[AuditRecord] = collections.deque()
+        # Outcomes normalised and encoded while the writer had nothing else to do (see serve):
+        # record id -> what audit.prepared gave; chain_rows takes them out.
+        self._ready: dict[str, tuple[list[Any], bytes]] = {}
         # True while the writer waits with nothing in _later: then record_later must wake it.
         self._asleep = False
         self.writer_id = new_id()
@@ -315,6 +318,8 @@ class AuditWriter:
             if batch or (self._later and (item is _NOTHING or stopping)):
                 self._write(conn, batch, self._take_later(self._max_batch - len(batch)))
                 self._active_at = time.monotonic()
+            elif self._later:
+                self._prepare_later()
             self._duties(conn, stopping)
         while self._later:
             self._write(conn, [], self._take_later(self._max_batch))
@@ -368,6 +373,15 @@ class AuditWriter:
         finally:
             self._asleep = False
 
+    def _prepare_later(self) -> None:
+        """Woken for outcomes alone (they wait for the next intent's commit): do all of chaining
+        them but the hash now, so that commit, which a call waits for, does less. Records are not
+        changed once handed over, so what is prepared is what would be chained."""
+        ready = self._ready
+        for record in list(self._later):  # a copy: in the CLI's writer thread the loop appends to it
+            if record.id not in ready:
+                ready[record.id] = prepared(record)
+
     def _take_later(self, limit: int) -> list[AuditRecord]:
         taken = []
         later = self._later
@@ -377,7 +391,7 @@ class AuditWriter:
 
     def _insert(self, conn: SqliteWriterStore | PostgresWriterStore, records: list[AuditRecord]) -> None:
         """Chain and commit ``records`` in one transaction; the chain advances only on success."""
-        rows, seq, prev = chain_rows(records, self.writer_id, self._seq, self._prev)
+        rows, seq, prev = chain_rows(records, self.writer_id, self._seq, self._prev, self._ready)
         conn.append(INSERT_HEAD, INSERT_ROW, rows)
         self._seq, self._prev = seq, prev
         self.committed += len(records)
