@@ -81,6 +81,7 @@ class _WriterClient:
         # Every record sent (or to send) until the writer settles it: id -> field values.
         self._unsettled: dict[str, tuple[Any, ...]] = {}
         self._waiting: dict[str, asyncio.Future[None]] = {}
+        self.awaiting = 0  # PendingCommits in flight: commits a caller waits for
         self._transport: asyncio.Transport | None = None  # once the writer said it is ready
         self._link: _Link | None = None  # the connection to the current writer, from its start
         self._greeting: asyncio.Future[tuple[Any, ...]] | None = None

@@ -65,6 +65,8 @@ class AuditLog(Protocol):
     gateway, AuditProcess (a process of its own) and, in its workers, AuditLink (audit_process)."""
 
     metrics: Metrics
+    # Commits somebody waits for right now (PendingCommit keeps it; proxy/polling_selector.py reads it).
+    awaiting: int
 
     def submit(self, record: AuditRecord, *, spool_on_failure: bool = False) -> asyncio.Future[None]: ...
 
@@ -106,18 +108,20 @@ class PendingCommit:
     settles quietly: its timer is cancelled and a failure is not reported as never retrieved.
     """
 
-    __slots__ = ("_expiry", "_future", "_metrics", "_started")
+    __slots__ = ("_audit", "_expiry", "_future", "_started")
 
     def __init__(self, audit: AuditLog, record: AuditRecord, timeout: float, *, spool_on_failure: bool = False) -> None:
         # A timer that fails the future rather than asyncio.wait_for(shield(...)): the same outcome
         # for a fraction of the event loop's time.
         self._started = time.perf_counter()
-        self._metrics = audit.metrics
+        self._audit = audit
         self._future = audit.submit(record, spool_on_failure=spool_on_failure)
         self._expiry = asyncio.get_running_loop().call_later(timeout, expire_wait, self._future)
         self._future.add_done_callback(self._settled)
+        audit.awaiting += 1
 
     def _settled(self, future: asyncio.Future[None]) -> None:
+        self._audit.awaiting -= 1
         self._expiry.cancel()
         if not future.cancelled():
             future.exception()  # retrieved: a caller that waits still gets it raised
@@ -130,7 +134,7 @@ class PendingCommit:
     async def wait(self) -> None:
         """Returns once the record is durable; ``audit_unavailable`` if it is not within the timeout."""
         await self._future
-        self._metrics.observe_commit(time.perf_counter() - self._started)
+        self._audit.metrics.observe_commit(time.perf_counter() - self._started)
 
 
 class AuditWriter:
@@ -172,6 +176,7 @@ class AuditWriter:
         self._inbox: Inbox = self._queue
         # deque.append and popleft are atomic: the loop appends, the writer takes.
         self._later: collections.deque[AuditRecord] = collections.deque()
+        self.awaiting = 0  # PendingCommits in flight (the event loop's thread only)
         # Outcomes normalised and encoded while the writer had nothing else to do (see serve):
         # record id -> what audit.prepared gave; chain_rows takes them out.
         self._ready: dict[str, tuple[list[Any], bytes]] = {}

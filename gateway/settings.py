@@ -197,6 +197,9 @@ class IdentitySettings(_Section):
 class AuditSettings(_Section):
     # How long an allowed call may wait for its intent record to be durably committed.
     commit_timeout: float = 2.0
+    # While a call waits for that commit and the proxy has nothing else to do, its event loop polls
+    # for up to this long instead of sleeping (proxy/polling_selector.py); 0 turns it off.
+    commit_poll: float = Field(default=0.002, ge=0, le=0.1)
     # Signed checkpoints over each writer's chain: every N records, every T seconds while records
     # arrive, and after `checkpoint_idle` without any (see docs/audit.md).
     checkpoint_every: int = Field(default=1000, ge=1)
@@ -214,7 +217,7 @@ class AuditSettings(_Section):
     backend: Literal["sqlite", "postgres"] = "sqlite"
     postgres_dsn: SecretStr | None = None
 
-    @field_validator("commit_timeout", "checkpoint_interval", "checkpoint_idle", mode="before")
+    @field_validator("commit_timeout", "commit_poll", "checkpoint_interval", "checkpoint_idle", mode="before")
     @classmethod
     def _duration(cls, value: Any) -> float:
         return parse_duration(value)

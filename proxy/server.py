@@ -57,6 +57,7 @@ from .large_responses import LargeResponses
 from .limits import Limits
 from .mcp import McpGateway
 from .policy_follow import PolicyFollower
+from .polling_selector import PollingSelector
 from .trace import TraceContext
 from .upstream_timeout import ConnectTimeout, UpstreamTimeout
 from .workers import WorkerOf, listen_with_reuse_port, run_workers
@@ -130,8 +131,18 @@ def report_loop_errors(loop: asyncio.AbstractEventLoop, context: dict[str, Any])
     loop.default_exception_handler(context)
 
 
+def run(settings: Settings, on_ready: Callable[[Listeners], None], workers: int = 1,
+        worker_of: WorkerOf | None = None) -> None:
+    """``serve`` on an event loop of its own whose selector polls, instead of sleeping, while a call
+    waits for its intent record (proxy/polling_selector.py, ``[audit] commit_poll``)."""
+    selector = PollingSelector(settings.audit.commit_poll)
+    with asyncio.Runner(loop_factory=lambda: asyncio.SelectorEventLoop(selector)) as runner:
+        runner.run(serve(settings, on_ready, workers=workers, worker_of=worker_of, selector=selector))
+
+
 async def serve(
-    settings: Settings, on_ready: Callable[[Listeners], None], workers: int = 1, worker_of: WorkerOf | None = None
+    settings: Settings, on_ready: Callable[[Listeners], None], workers: int = 1, worker_of: WorkerOf | None = None,
+    selector: PollingSelector | None = None,
 ) -> None:
     """The gateway; with ``workers`` > 1 it also starts that many minus one proxy-only workers
     (proxy/workers.py). A worker (``worker_of`` set) runs the proxy only: no admin API, no echo."""
@@ -149,6 +160,8 @@ async def serve(
     else:
         audit = AuditProcess(writer_config(settings), listen_in=settings.run_dir if workers > 1 else None)
     await audit.start()
+    if selector is not None:
+        selector.poll_while(audit)
     token = settings.admin_token.get_secret_value() if settings.admin_token else admin_token.load_or_create(settings.home / "admin.token")
 
     async with contextlib.AsyncExitStack() as stack:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import shlex
@@ -88,12 +87,12 @@ def up(cli: CliContext, proxy_listen: str | None, admin_listen: str | None, log_
     if settings.demo.enabled:
         ensure_demo_agent(settings)
 
-    from wardgate.proxy.server import serve  # the data plane is only needed here
+    from wardgate.proxy.server import run  # the data plane is only needed here
 
     def on_ready(listeners: object) -> None:
         click.echo(banner(settings, listeners), err=False)
 
-    asyncio.run(serve(settings, on_ready, workers=workers))
+    run(settings, on_ready, workers=workers)
 
 
 def run_optimised() -> None:
@@ -111,7 +110,7 @@ def run_optimised() -> None:
 
 def run_worker(cli: CliContext, overrides: dict[str, object], worker_of: str, log_level: str) -> None:
     """A proxy-only worker: the first process's listen address and OPA, the same home and config."""
-    from wardgate.proxy.server import serve
+    from wardgate.proxy.server import run
     from wardgate.proxy.workers import WorkerOf, die_with_parent
 
     of = WorkerOf.from_json(worker_of)
@@ -125,4 +124,4 @@ def run_worker(cli: CliContext, overrides: dict[str, object], worker_of: str, lo
     def on_ready(listeners: object) -> None:
         click.echo("ready")  # read by the first process (proxy/workers.py)
 
-    asyncio.run(serve(settings, on_ready, worker_of=of))
+    run(settings, on_ready, worker_of=of)
