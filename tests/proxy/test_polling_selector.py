@@ -17,7 +17,7 @@ import pytest
 
 from wardgate.gateway.errors import ConfigError
 from wardgate.gateway.settings import load_settings
-from wardgate.proxy.polling_selector import PollingSelector
+from wardgate.proxy.polling_selector import POLL_WHILE_AT_MOST, PollingSelector
 
 
 class Waits:
@@ -55,6 +55,15 @@ def test_it_polls_while_a_commit_is_awaited_and_sleeps_otherwise(ends: tuple[soc
     assert ready == [] and slept < 0.05
     off, ready = cpu_spent_selecting(selector_on(here, 0.0, awaiting=1), 0.3)  # commit_poll = "0"
     assert ready == [] and off < 0.05
+
+
+def test_it_does_not_poll_while_many_calls_wait(ends: tuple[socket.socket, socket.socket]) -> None:
+    """Two calls waiting still poll; more wait for a commit they share, on a loop with work near."""
+    here, _ = ends
+    polled, _ = cpu_spent_selecting(selector_on(here, 0.2, awaiting=POLL_WHILE_AT_MOST), 0.3)
+    assert polled >= 0.05
+    slept, ready = cpu_spent_selecting(selector_on(here, 0.2, awaiting=POLL_WHILE_AT_MOST + 1), 0.3)
+    assert ready == [] and slept < 0.05
 
 
 def test_a_ready_socket_ends_the_polling(ends: tuple[socket.socket, socket.socket]) -> None:
