@@ -197,7 +197,7 @@ class IdentitySettings(_Section):
 class AuditSettings(_Section):
     # How long an allowed call may wait for its intent record to be durably committed.
     commit_timeout: float = 2.0
-    # While a call waits for that commit and the proxy has nothing else to do, its event loop polls
+    # While one or two calls wait for that commit and the proxy has nothing else to do, its loop polls
     # for up to this long instead of sleeping (proxy/polling_selector.py); 0 turns it off.
     commit_poll: float = Field(default=0.002, ge=0, le=0.1)
     # Signed checkpoints over each writer's chain: every N records, every T seconds while records

@@ -5,10 +5,9 @@ At 1 connection a call waits about 0.5-1 ms for its intent record's commit (anot
 virtual machine: the vCPU halts, and waking it again, and running the rest of the call on it, is
 slower than the wait itself (docs/benchmarks.md "The wait at 1 connection"). So while the audit
 client says a commit is awaited, ``select`` first polls its sockets with a zero timeout for up to
-``limit`` seconds, and only then sleeps as usual. Only while one or two calls wait: when more do,
-the writer commits them together, the loop's next work is near anyway, and the CPU that polling
-would take is what a loaded host is short of (with 2 workers at 64 tunnels, polling with any
-number waiting showed as CPU per request in the workers check).
+``limit`` seconds, and only then sleeps as usual. Only while one or two calls wait (at 1
+connection: always one): when more do, the writer commits them together, the loop's next work is
+near anyway, and the CPU that polling would take is what a loaded host is short of.
 
 Nothing waits longer for it: a ready socket ends the polling at once, and the polling never runs
 past the timeout the loop asked for (its next timer). What it costs is CPU: up to ``limit`` per
@@ -21,7 +20,6 @@ from __future__ import annotations
 import selectors
 import time
 from typing import Any, Protocol
-
 
 POLL_WHILE_AT_MOST = 2  # commits awaited at once
 
@@ -37,7 +35,7 @@ class PollingSelector(selectors.DefaultSelector):  # type: ignore[misc,valid-typ
         self._waits: Waits | None = None
 
     def poll_while(self, waits: Waits) -> None:
-        """Poll while ``waits.awaiting`` is above zero (the gateway's audit client, once it exists)."""
+        """Poll while ``waits.awaiting`` is 1 or 2 (the gateway's audit client, once it has started)."""
         self._waits = waits
 
     def select(self, timeout: float | None = None) -> list[tuple[Any, int]]:
