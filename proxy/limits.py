@@ -116,10 +116,11 @@ class Limits:
         seen = KEY in flow.metadata
         call = call_of(flow)
         latency = (time.perf_counter() - call.started) * 1000
-        if seen and (call.owes_outcome(flow) or flow.metadata.get("wardgate.refused")):
+        owed = seen and call.owes_outcome(flow)
+        if owed or (seen and flow.metadata.get("wardgate.refused")):
             # Judged (and maybe its intent recorded) on its head. It never left; its outcome says why,
             # so AuditTrail does not call it an upstream error.
-            if call.owes_outcome(flow) and not flow.metadata.get("wardgate.outcome"):
+            if owed and not flow.metadata.get("wardgate.outcome"):
                 flow.metadata["wardgate.outcome"] = True
                 self._audit.record_later(call.record(flow, "outcome", status=status, error=code,
                                                      latency_total_ms=latency))
