@@ -9,7 +9,7 @@ seconds per request (utime + stime of the proxy process and its children, from /
 wardgate that includes its OPA). Then the other benchmarks' numbers (audit, identity, SDK steps,
 scrubbing), and writes ``bench/results/results.md``, ``results.json`` and ``latency-throughput.png``.
 
-    .venv/bin/python bench/run.py [--duration 3] [--quick] [--workers-check]
+    .venv/bin/python bench/run.py [--duration 3] [--quick] [--rounds 3] [--workers-check [--workers-rounds 12]]
 
 Not a test; numbers depend on the machine, the ratios are what the goals are stated in.
 """
@@ -491,9 +491,9 @@ def workers_check(root: Path, upstream_ca: Path, ports: dict[str, int], duration
             names = list(cells)[number % 3:] + list(cells)[:number % 3]  # who goes first rotates
             for name in names:
                 last[name] = cells[name]()
-            one = _cpu_of(last["1 worker"], "proxy processes")
-            if one:
-                alone_cpu.append(one)
+            alone = _cpu_of(last["1 worker"], "proxy processes")
+            if alone:
+                alone_cpu.append(alone)
             for base, name in (("1 worker", "2 workers"), ("1 worker", "2 separate gateways"), ("2 separate gateways", "2 workers")):
                 for scope in ("proxy processes", "all processes"):
                     one, two = (_cpu_of(last[cell], scope) for cell in (base, name))
@@ -525,7 +525,7 @@ def workers_check(root: Path, upstream_ca: Path, ports: dict[str, int], duration
                      f"ms (median {statistics.median(alone_cpu):.2f})")
     for (base, name, scope), values in ratios.items():
         middle = statistics.median(values)
-        quartiles = (f", quartiles {_quartiles(values)[0]:.2f}–{_quartiles(values)[1]:.2f}" if len(values) >= 4 else "")
+        quartiles = ", quartiles {:.2f}–{:.2f}".format(*_quartiles(values)) if len(values) >= 4 else ""
         summary = (f"CPU per request summed over {'the proxy processes' if scope == 'proxy processes' else 'every process'}"
                    f" with {name} = {middle:.2f}× {'one worker' if base == '1 worker' else 'the control'}'s (median of "
                    f"{len(values)} rounds{quartiles}, range {min(values):.2f}–{max(values):.2f}")
