@@ -463,9 +463,9 @@ def workers_check(root: Path, upstream_ca: Path, ports: dict[str, int], duration
     The gateways run at once and are measured back to back in each round (who goes first
     rotates), like the goal ratios: one pass each swings by more than the 15% the goal allows. On
     this machine one worker's CPU per request moves by up to 2× from one round to the next (a
-    busy neighbour, which core the load client shares), so the check takes more rounds than the
-    goal ratios (``--workers-rounds``) and prints the quartiles of the per-round ratios and the
-    spread of the one-worker cells themselves.
+    plain Python loop's CPU time moves by ±25% here while it is idle), so the check takes more
+    rounds than the goal ratios (``--workers-rounds``) and prints the quartiles of the per-round
+    ratios and the spread of the one-worker cells themselves.
     The goal is stated over the workers (the proxy processes); the ratio over every process, with
     the audit writer and OPA all workers share, is reported beside it. So is a control that shares
     nothing: two separate one-worker gateways, 32 tunnels each, measured at the same time. What it
