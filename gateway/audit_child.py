@@ -13,7 +13,11 @@ group commit, one process (audit_process.AuditLink is a worker's side). A connec
 uid is refused.
 
 - gateway → writer: ``("config", dict)`` once, then ``("record", flag, values)`` per record
-  (values in AuditRecord field order; flag LATER, COMMIT or SPOOL), and ``("stop",)`` at the end.
+  (values in AuditRecord field order; flag LATER, SOON, COMMIT or SPOOL), and ``("stop",)`` at the end.
+  LATER and SOON are records nobody waits for (outcomes): LATER ones are committed with the next
+  batch (or after the linger), SOON ones at once. A gateway sends SOON when none of its commits is
+  in flight: at light load no batch is coming for the outcome to share, and committed now it keeps
+  out of the next call's commit (its intent then commits alone).
   A worker sends records only.
 - writer → gateway: ``("ready", writer_id, counts)`` or ``("failed", reason)``, then
   ``("settled", ok_ids, failed_ids, counts)`` as records are committed, spooled or refused (or with
@@ -49,10 +53,10 @@ from .audit_checkpoint import CheckpointSink
 from .audit_keys import load_or_create_signer
 from .audit_spool import Spool
 from .audit_store import Postgres, Source
-from .audit_writer import ABANDONED, WAKE, AuditWriter, CheckpointPolicy
+from .audit_writer import ABANDONED, FLUSH, WAKE, AuditWriter, CheckpointPolicy
 from .errors import WardgateError
 
-LATER, COMMIT, SPOOL = 0, 1, 2
+LATER, COMMIT, SPOOL, SOON = 0, 1, 2, 3
 _LENGTH = struct.Struct(">I")
 MAX_FRAME = 64 * 1024 * 1024
 
@@ -270,7 +274,7 @@ class SocketInbox:
         peer.send(frame(("ready", self._audit.writer_id, writer_counts(self._audit))))
 
     def _absorb(self, peer: _Peer, messages: list[tuple[Any, ...]]) -> None:
-        outcomes = False
+        outcomes = soon = False
         for message in messages:
             if message[0] == "stop" and peer.primary:
                 self._ended = True
@@ -283,13 +287,15 @@ class SocketInbox:
                 log.error("audit writer process: a record message it cannot read was skipped")
                 continue
             self._owners[record.id] = peer
-            if flag == LATER:
+            if flag == LATER or flag == SOON:
                 self._audit.queue_later(record)
                 outcomes = True
+                soon = soon or flag == SOON
             else:
                 self._items.append((record, None, flag == SPOOL))
         if outcomes and not self._items:
-            self._items.append(WAKE)  # the writer's next wait then counts from these outcomes
+            # The writer's next wait then counts from these outcomes; FLUSH commits them at once.
+            self._items.append(FLUSH if soon else WAKE)
 
 
 class _Reporter:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from .audit import AuditRecord, record_values
-from .audit_child import COMMIT, LATER, SPOOL, FrameError, FrameReader, frame
+from .audit_child import COMMIT, LATER, SOON, SPOOL, FrameError, FrameReader, frame
 from .audit_spool import Spool
 from .audit_writer import PendingCommit
 from .errors import DependencyUnavailable
@@ -171,9 +171,16 @@ class _WriterClient:
         return future
 
     def record_later(self, record: AuditRecord) -> None:
-        """Send ``record`` without waiting for its commit (outcomes); kept here until settled."""
+        """Send ``record`` without waiting for its commit (outcomes); kept here until settled.
+
+        Committed with the next batch while commits are in flight here, at once when none is
+        (audit_child: SOON), so that at light load the next call's intent commits alone. At 1
+        connection that took the intent's commit wait from 0.72-0.75 to 0.60-0.62 ms (means over
+        15,000-18,000 calls) and the median latency to 0.95-0.97x (30 interleaved rounds); at 8
+        batches barely change (0.86 per call against 0.84). Committing every outcome alone cost 6%
+        of requests/s at 8 connections."""
         self.metrics.observe_record(record)
-        message = self._message(record, LATER)
+        message = self._message(record, LATER if self.awaiting else SOON)
         if message is not None and self._transport is not None:
             self._transport.write(message)
 

@@ -47,6 +47,7 @@ class CheckpointPolicy:
 # (record, future the caller awaits, spool the record if the store refuses it)
 _Item = tuple[AuditRecord, "asyncio.Future[None] | None", bool]  # no future in the writer process
 WAKE = "wake"  # queued by record_later when the writer sleeps with no deadline (see _next)
+FLUSH = "flush"  # like WAKE, and the outcomes it came with are committed now, not with the next batch
 ABANDONED = "abandoned"  # an inbox's end: stop like None, but the caller went away without a word
 _NOTHING = "nothing"  # _next's answer when its wait ran out
 _AWAKE = 1.0  # seconds after a batch during which the writer looks for outcomes without being woken
@@ -306,12 +307,15 @@ class AuditWriter:
         while not stopping:
             item = self._next()
             batch: list[_Item] = []
+            flush = False
             while item is not _NOTHING:
                 if item is None or item is ABANDONED:
                     self._clean = self._clean and item is None
                     stopping = True
                     break
-                if item is not WAKE:
+                if item is FLUSH:
+                    flush = True
+                elif item is not WAKE:
                     batch.append(item)  # type: ignore[arg-type]
                     if len(batch) >= self._max_batch:
                         break
@@ -319,8 +323,9 @@ class AuditWriter:
                     item = self._inbox.get_nowait()
                 except queue.Empty:
                     break
-            # Outcomes go with a batch, or alone once the linger ran out; a wake-up alone starts it.
-            if batch or (self._later and (item is _NOTHING or stopping)):
+            # Outcomes go with a batch, or alone once the linger ran out or when flushed; a wake-up
+            # alone prepares them.
+            if batch or (self._later and (item is _NOTHING or stopping or flush)):
                 self._write(conn, batch, self._take_later(self._max_batch - len(batch)))
                 self._active_at = time.monotonic()
             elif self._later:

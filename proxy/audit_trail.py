@@ -62,7 +62,7 @@ class AuditTrail:
 
     def _outcome(self, flow: http.HTTPFlow, call: Call, now: float) -> None:
         """The outcome of a call answered at ``now``, handed to the audit writer (committed with
-        the next batch, or ``linger`` later)."""
+        the next batch, or at once when no commit is in flight: gateway/audit_process.py)."""
         assert flow.response is not None
         content_type = flow.response.headers.get("content-type")
         if flow.response.raw_content is not None:
