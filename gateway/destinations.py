@@ -183,13 +183,24 @@ class DestinationGuard:
 
     async def vet(self, host: str, port: int) -> Vetted:
         """Resolve ``host`` and check every address; return the one to dial."""
+        vetted = self.vet_now(host, port)
+        if vetted is not None:
+            return vetted
+        return self._checked(host, port, await self._resolve(host, port))
+
+    def vet_now(self, host: str, port: int) -> Vetted | None:
+        """``vet`` without waiting, for an IP literal or a name resolved within ``resolve_cache``:
+        the address to dial, or the error ``vet`` would raise. None when the name must be resolved
+        first (then await ``vet``)."""
         literal = parse_ip_literal(host)
         if literal is not None:
-            addresses = [literal]
-        else:
-            if not host or len(host) > 253:
-                raise BadRequest("destination host name is invalid", code="destination_invalid")
-            addresses = self._recall(host) or await self._resolve(host, port)
+            return self._checked(host, port, [literal])
+        if not host or len(host) > 253:
+            raise BadRequest("destination host name is invalid", code="destination_invalid")
+        addresses = self._recall(host)
+        return self._checked(host, port, addresses) if addresses else None
+
+    def _checked(self, host: str, port: int, addresses: list[IPAddress]) -> Vetted:
         # Every address must pass: a name that also resolves to an internal address is refused,
         # whichever one the resolver would have put first.
         for address in addresses:

@@ -21,7 +21,7 @@ from typing import Any
 
 import jwt
 
-from .agents import AgentDirectory
+from .agents import Agent, AgentDirectory
 from .errors import IdentityError
 from .issuers import ExternalIssuer, IssuerKey
 from .keys import KeyRing, algorithm_for
@@ -199,6 +199,17 @@ class TokenVerifier:
         await self.check_live(principal)
         return principal
 
+    def verify_now(self, token: str) -> Principal | None:
+        """``verify`` without waiting, for a token verified before whose agent is in the registry
+        snapshot: its principal, or the error ``verify`` would raise. None when only ``verify`` can
+        tell (a token not in the cache, an external issuer's key set to look at again, an agent
+        to read from the registry): then await that."""
+        cached = self._cache.get(token)
+        if cached is None or (cached[1] is not None and not cached[1].held()):
+            return None
+        principal = cached[0]
+        return principal if self.check_live_now(principal) else None
+
     async def _verify_uncached(self, token: str) -> tuple[Principal, _HeldKey | None]:
         self.verifications += 1
         header = self._header(token)
@@ -336,12 +347,26 @@ class TokenVerifier:
 
     async def check_live(self, principal: Principal, now: float | None = None) -> None:
         """Re-checked on every request: expiry, revocation and the agent's standing in the registry."""
+        if self.check_live_now(principal, now):
+            return
+        self._standing(principal, await self._agents.lookup(principal.agent))
+
+    def check_live_now(self, principal: Principal, now: float | None = None) -> bool:
+        """``check_live`` without waiting: True once every check passed (raising as it does), False
+        when the agent is not in the registry snapshot (then await ``check_live``, which reads it)."""
         now = time.time() if now is None else now
         if now > principal.expires_at + self._settings.leeway:
             raise _invalid("token has expired", "identity_expired")
         if self._revocations is not None:
             self._revocations.check(principal)
-        agent = await self._agents.lookup(principal.agent)
+        agent = self._agents.get(principal.agent)
+        if agent is None:
+            return False
+        self._standing(principal, agent)
+        return True
+
+    @staticmethod
+    def _standing(principal: Principal, agent: Agent | None) -> None:
         if agent is None:
             raise _invalid("token names an agent that is not registered", "identity_unknown_agent")
         if agent.tenant != principal.tenant:

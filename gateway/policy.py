@@ -238,16 +238,24 @@ class PolicyClient:
             task.cancel()
         await self._transport.close()
 
+    def decided(self, document: dict[str, Any]) -> Decision | None:
+        """The decision an earlier call that agrees on every field the policy reads was given
+        (gateway/decision_cache.py), without waiting; None when OPA must be asked (``ask``)."""
+        key = self.cache.key(document)
+        return self.cache.get(key) if key is not None else None
+
     async def decide(self, document: PolicyInput | dict[str, Any]) -> Decision:
         """The decision on ``document`` (a plain dict shaped like :class:`PolicyInput`, or the model)."""
         if isinstance(document, BaseModel):
             document = document.model_dump(mode="json", exclude_none=True)
+        decision = self.decided(document)
+        return decision if decision is not None else await self.ask(document)
+
+    async def ask(self, document: dict[str, Any]) -> Decision:
+        """OPA's decision on ``document``, kept for the calls that agree with it; ``decided`` is
+        the look in that cache first (``decide`` is both)."""
         cache = self.cache
         key = cache.key(document)
-        if key is not None:
-            cached = cache.get(key)
-            if cached is not None:
-                return cached
         generation = cache.generation
         body = json.dumps({"input": document}, separators=(",", ":")).encode()
         try:

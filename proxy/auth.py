@@ -15,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Coroutine
+from typing import Any
 
 from mitmproxy import connection, http
 
@@ -73,22 +75,52 @@ class ProxyAuth:
             self._bound[flow.client_conn.id] = principal
             self._live[flow.client_conn.id] = principal
 
-    async def requestheaders(self, flow: http.HTTPFlow) -> None:
+    def requestheaders(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
+        """Done here and now for a token verified before (or a tunnel's bound identity) whose agent
+        is known, as for nearly every call; a coroutine to wait for otherwise (proxy/inline_hooks.py)."""
         call = call_of(flow)
         bound = self._bound.get(flow.client_conn.id)
         if bound is None:
-            call.principal = await self._authenticate(flow)
-            if call.principal is not None:
-                self._live[flow.client_conn.id] = call.principal
-            return
+            header = flow.request.headers.get("proxy-authorization")
+            for name in PROXY_HEADERS:
+                flow.request.headers.pop(name, None)
+            try:
+                token = token_from_proxy_authorization(header)
+                principal = self._verifier.verify_now(token)
+            except WardgateError as error:  # 407 identity, or 503 revocation_unavailable
+                return self._refused(flow, error)
+            if principal is None:
+                return self._verify(flow, token)
+            call.principal = self._live[flow.client_conn.id] = principal
+            return None
         for name in PROXY_HEADERS:
             flow.request.headers.pop(name, None)
         call.principal = bound
         try:
+            if self._verifier.check_live_now(bound):
+                return None
+        except WardgateError as error:
+            return self._refused(flow, error)
+        return self._check_bound(flow, bound)
+
+    async def _verify(self, flow: http.HTTPFlow, token: str) -> None:
+        try:
+            principal = await self._verifier.verify(token)
+        except WardgateError as error:
+            await self._refused(flow, error)
+            return
+        call_of(flow).principal = self._live[flow.client_conn.id] = principal
+
+    async def _check_bound(self, flow: http.HTTPFlow, bound: Principal) -> None:
+        try:
             await self._verifier.check_live(bound)
         except WardgateError as error:
-            await refuse(flow, error, self._audit, self._audit_timeout)
-            call.principal = None
+            await self._refused(flow, error)
+
+    async def _refused(self, flow: http.HTTPFlow, error: WardgateError) -> None:
+        """The refusal record names a tunnel's bound identity; the call then has none."""
+        await refuse(flow, error, self._audit, self._audit_timeout)
+        call_of(flow).principal = None
 
     def client_disconnected(self, client: connection.Client) -> None:
         self._bound.pop(client.id, None)

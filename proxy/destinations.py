@@ -22,7 +22,7 @@ from mitmproxy import connection, http, tcp
 from mitmproxy.proxy import server_hooks
 
 from wardgate.gateway.audit_writer import AuditLog
-from wardgate.gateway.destinations import DestinationGuard, parse_ip_literal
+from wardgate.gateway.destinations import DestinationGuard, Vetted, parse_ip_literal
 from wardgate.gateway.errors import BadRequest, WardgateError
 
 from .call import call_of
@@ -77,13 +77,14 @@ class DestinationCheck:
                 raise BadRequest("the TLS server name differs from the CONNECT destination",
                                  code="destination_mismatch", reasons=["sni"])
 
-    async def requestheaders(self, flow: http.HTTPFlow) -> None:
+    def requestheaders(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
         if flow.response is not None or call_of(flow).principal is None:
-            return
+            return None
         try:
             self._agreement(flow)
         except WardgateError as error:
-            await refuse(flow, error, self._audit, self._audit_timeout)
+            return refuse(flow, error, self._audit, self._audit_timeout)
+        return None
 
     def client_disconnected(self, client: connection.Client) -> None:
         self._tunnels.pop(client.id, None)
@@ -98,24 +99,40 @@ class DestinationPin:
         self._vetted: dict[str, dict[tuple[str, int], str]] = {}
         self._names: dict[str, tuple[str, int]] = {}  # server connection id → the name it was pinned for
 
-    async def requestheaders(self, flow: http.HTTPFlow) -> None:
+    def requestheaders(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
         if not call_of(flow).decide_on_body:
-            await self._pin(flow)
+            return self._pin(flow)
+        return None
 
     def request(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
         if call_of(flow).decide_on_body:  # MCP: decided once the body was read
             return self._pin(flow)
         return None
 
-    async def _pin(self, flow: http.HTTPFlow) -> None:
+    def _pin(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
+        """Done here and now for an IP literal or a name resolved recently; a coroutine to wait
+        for while the name resolves (proxy/inline_hooks.py)."""
         call = call_of(flow)
         if flow.response is not None or not call.proceeds:
-            return
+            return None
+        try:
+            vetted = self._guard.vet_now(flow.request.host, flow.request.port)
+        except WardgateError as error:
+            return refuse(flow, error, self._audit, self._audit_timeout)
+        if vetted is None:
+            return self._pin_resolved(flow)
+        self._keep(flow, vetted)
+        return None
+
+    async def _pin_resolved(self, flow: http.HTTPFlow) -> None:
         try:
             vetted = await self._guard.vet(flow.request.host, flow.request.port)
         except WardgateError as error:
             await refuse(flow, error, self._audit, self._audit_timeout)
             return
+        self._keep(flow, vetted)
+
+    def _keep(self, flow: http.HTTPFlow, vetted: Vetted) -> None:
         self._vetted.setdefault(flow.client_conn.id, {})[(flow.request.host, flow.request.port)] = vetted.address
 
     def pinned(self, flow: http.HTTPFlow) -> str | None:

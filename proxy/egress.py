@@ -18,7 +18,7 @@ from mitmproxy import http
 
 from wardgate.gateway.audit_writer import AuditLog
 from wardgate.gateway.errors import PolicyDenied, WardgateError
-from wardgate.gateway.policy import PolicyClient, policy_headers, time_document
+from wardgate.gateway.policy import Decision, PolicyClient, policy_headers, time_document
 
 from .call import call_of
 from .refusals import refuse
@@ -79,37 +79,58 @@ class EgressPolicy:
         self._audit = audit
         self._audit_timeout = audit_timeout
 
-    async def requestheaders(self, flow: http.HTTPFlow) -> None:
+    def requestheaders(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
         call = call_of(flow)
         if flow.response is not None or call.principal is None or call.decide_on_body:
-            return
-        await self._decide(flow)
+            return None
+        return self._decide(flow)
 
     def request(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
-        """Calls whose decision needs the body (MCP, marked by McpGateway) are decided here.
-
-        Sync for every other call (proxy/inline_hooks.py): it hands back a coroutine only to wait."""
+        """Calls whose decision needs the body (MCP, marked by McpGateway) are decided here."""
         call = call_of(flow)
         if flow.response is not None or call.principal is None or not call.decide_on_body:
             return None
         return self._decide(flow)
 
-    async def _decide(self, flow: http.HTTPFlow) -> None:
+    def _decide(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
+        """Decided here and now when an earlier call's decision applies (gateway/decision_cache.py),
+        as for nearly every call; a coroutine to wait for OPA otherwise, or for a refusal's record
+        (proxy/inline_hooks.py)."""
         call = call_of(flow)
         started = time.perf_counter()
         try:
             call.policy_document = policy_input(flow)
             call.policy_revision = self._policy.revision
-            call.decision = await self._policy.decide(call.policy_document)
+            decision = self._policy.decided(call.policy_document)
+        except WardgateError as error:
+            call.policy_ms = (time.perf_counter() - started) * 1000
+            return refuse(flow, error, self._audit, self._audit_timeout)
+        if decision is None:
+            return self._ask(flow, started)
+        return self._judged(flow, decision, started)
+
+    async def _ask(self, flow: http.HTTPFlow, started: float) -> None:
+        call = call_of(flow)
+        assert call.policy_document is not None
+        try:
+            decision = await self._policy.ask(call.policy_document)
         except WardgateError as error:
             call.policy_ms = (time.perf_counter() - started) * 1000
             await refuse(flow, error, self._audit, self._audit_timeout)
             return
+        refusal = self._judged(flow, decision, started)
+        if refusal is not None:
+            await refusal
+
+    def _judged(self, flow: http.HTTPFlow, decision: Decision, started: float) -> Coroutine[Any, Any, None] | None:
+        call = call_of(flow)
+        call.decision = decision
         call.policy_ms = (time.perf_counter() - started) * 1000
-        if not call.decision.allow and call.decision.report_only:
+        if not decision.allow and decision.report_only:
             call.would_deny = True
             log.warning("call %s would be denied (%s); report mode lets it through",
-                        call.call_id, ",".join(call.decision.reasons))
-        elif not call.decision.allow:
-            denied = PolicyDenied("the policy does not allow this call", reasons=call.decision.reasons)
-            await refuse(flow, denied, self._audit, self._audit_timeout)
+                        call.call_id, ",".join(decision.reasons))
+        elif not decision.allow:
+            denied = PolicyDenied("the policy does not allow this call", reasons=decision.reasons)
+            return refuse(flow, denied, self._audit, self._audit_timeout)
+        return None

@@ -65,10 +65,10 @@ class CredentialBinding:
         self._audit = audit
         self._audit_timeout = audit_timeout
 
-    async def requestheaders(self, flow: http.HTTPFlow) -> None:
+    def requestheaders(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
         call = call_of(flow)
         if flow.response is not None or call.principal is None:
-            return
+            return None
         request = flow.request
         # DestinationCheck (before this addon) has refused a Host header, SNI or CONNECT authority
         # naming another destination, so request.host is both what is dialled and what was named.
@@ -81,12 +81,12 @@ class CredentialBinding:
                 "a credential placeholder was sent to a destination not bound to its service",
                 code="credential_placeholder_misplaced",
             )
-            await refuse(flow, error, self._audit, self._audit_timeout)
-            return
+            return refuse(flow, error, self._audit, self._audit_timeout)
         if binding is None or (binding.service.mode == "placeholder" and binding.name not in markers):
-            return
+            return None
         call.credential_service = binding.name
         flow.metadata[BINDING] = binding
+        return None
 
 
 def _strip_cookies(request: http.Request, names: list[str]) -> None:

@@ -3,8 +3,11 @@
 mitmproxy answers every ``StartHook`` command of its protocol layers by starting an asyncio task
 that runs the addons and then feeds ``HookCompleted`` back through ``server_event`` (its lock, the
 watchdog, the whole layer stack). A keep-alive HTTP call raises four such hooks (requestheaders,
-request, responseheaders, response); in wardgate only the first usually has to wait (for OPA and
-the intent record's commit), yet each paid for a task, a loop turn and a lock.
+request, responseheaders, response); in wardgate only ``request`` usually has to wait (for the
+intent record's commit), yet each paid for a task, a loop turn and a lock. The ``requestheaders``
+steps (identity, limits, destination, credential binding, policy, pin) hand back a coroutine only
+when they must wait: a token or a name seen for the first time, a decision OPA has to give, a
+refusal's record (tests/proxy/test_judged_without_waiting.py).
 
 Here ``server_event`` runs a hook's handlers on the spot through :meth:`HookTable.run_inline`.
 When none of them hands back an awaitable, ``HookCompleted`` is queued and fed to the layers right

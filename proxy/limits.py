@@ -21,6 +21,8 @@ import contextlib
 import logging
 import math
 import time
+from collections.abc import Coroutine
+from typing import Any
 
 from mitmproxy import connection, http
 from mitmproxy.net.http import http1
@@ -79,17 +81,18 @@ class Limits:
             self._tunnel_owner[flow.client_conn.id] = key
         self._waiting[flow.client_conn.id] = time.monotonic()
 
-    async def requestheaders(self, flow: http.HTTPFlow) -> None:
+    def requestheaders(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
         self._waiting.pop(flow.client_conn.id, None)
         if _expects_body(flow.request):  # refused or not: the connection is held until the body is read
             self._bodies[flow.client_conn.id] = (time.monotonic(), flow)
         principal = call_of(flow).principal
         if flow.response is not None or principal is None:
-            return
+            return None
         wait = self._counts.take((principal.tenant, principal.agent), time.monotonic())
         if wait > 0:
             error = TooManyRequests(f"agent exceeds {self._settings.requests_per_second:g} requests per second")
-            await self._too_many(flow, error, wait)
+            return self._too_many(flow, error, wait)
+        return None
 
     def request(self, flow: http.HTTPFlow) -> None:
         self._bodies.pop(flow.client_conn.id, None)
