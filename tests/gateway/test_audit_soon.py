@@ -14,6 +14,8 @@ import sqlite3
 import threading
 from pathlib import Path
 
+import pytest
+
 from wardgate.gateway.audit import AuditRecord, record_values
 from wardgate.gateway.audit_child import COMMIT, LATER, SOON, FrameReader, SocketInbox, frame
 from wardgate.gateway.audit_process import AuditLink
@@ -65,38 +67,22 @@ class WriterLoop:
             return db.execute("SELECT call_id, kind FROM audit_records ORDER BY seq").fetchall()
 
 
-def test_a_soon_outcome_is_committed_on_its_own_at_once(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("flag", "alone"), [(SOON, True), (LATER, False)])
+def test_only_a_soon_outcome_is_committed_on_its_own_at_once(tmp_path: Path, flag: int, alone: bool) -> None:
     loop = WriterLoop(tmp_path)
     try:
         intent, outcome = call_records(1)
         loop.send(COMMIT, intent)
         assert loop.settled(intent)
         batches = loop.audit.batches
-        loop.send(SOON, outcome)
-        assert loop.settled(outcome), "committed without waiting for the 30 s linger or another batch"
-        assert loop.audit.batches == batches + 1
+        loop.send(flag, outcome)
+        # SOON: committed without waiting for the 30 s linger or another batch; LATER: held for one
+        assert loop.settled(outcome, timeout=10.0 if alone else 0.5) is alone
         following, _ = call_records(2)
         loop.send(COMMIT, following)
         assert loop.settled(following)
-        assert loop.audit.batches == batches + 2, "the next intent commits alone"
-    finally:
-        stored = loop.stop()
-    assert stored == [("call-1", "intent"), ("call-1", "outcome"), ("call-2", "intent")]
-
-
-def test_a_later_outcome_waits_for_the_next_batch(tmp_path: Path) -> None:
-    loop = WriterLoop(tmp_path)
-    try:
-        intent, outcome = call_records(1)
-        loop.send(COMMIT, intent)
-        assert loop.settled(intent)
-        batches = loop.audit.batches
-        loop.send(LATER, outcome)
-        assert not loop.settled(outcome, timeout=0.5)
-        following, _ = call_records(2)
-        loop.send(COMMIT, following)
-        assert loop.settled(following)
-        assert loop.audit.batches == batches + 1, "the outcome rode with the next intent"
+        # SOON: the next intent then commits alone; LATER: the outcome rides with it
+        assert loop.audit.batches == batches + (2 if alone else 1)
     finally:
         stored = loop.stop()
     assert stored == [("call-1", "intent"), ("call-1", "outcome"), ("call-2", "intent")]
