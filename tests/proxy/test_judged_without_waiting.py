@@ -10,6 +10,7 @@ in tmp_path, a real audit writer, a real OPA.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -117,6 +118,10 @@ async def test_a_refusal_still_waits_for_its_record(audit: AuditWriter, identity
     assert refusing is not None
     await refusing
     assert bound.response is not None and bound.response.status_code == 407
+    with sqlite3.connect(tmp_path / "audit.db") as db:  # the tunnel's identity is named in its refusal
+        refusal = db.execute("SELECT agent, error FROM audit_records WHERE call_id = ? AND kind = 'refusal'",
+                             (call_of(bound).call_id,)).fetchone()
+    assert refusal == ("bot", "identity_revoked") and call_of(bound).principal is None
 
 
 async def test_a_destination_resolved_before_is_pinned_without_waiting(audit: AuditWriter) -> None:
