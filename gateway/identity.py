@@ -185,30 +185,32 @@ class TokenVerifier:
         self.verifications = 0  # tokens checked in full (signature and claims), not found in the cache
 
     async def verify(self, token: str) -> Principal:
-        cached = self._cache.get(token)
-        if cached is not None and cached[1] is not None and not cached[1].held():
-            del self._cache[token]  # the issuer's keys changed or aged out: verify it again
-            cached = None
-        if cached is None:
+        principal = self._cached(token)
+        if principal is None:
             cached = await self._verify_uncached(token)
             if self._cache_size:
                 if len(self._cache) >= self._cache_size:
                     self._cache.pop(next(iter(self._cache)))  # oldest first
                 self._cache[token] = cached
-        principal = cached[0]
+            principal = cached[0]
         await self.check_live(principal)
         return principal
+
+    def _cached(self, token: str) -> Principal | None:
+        """The principal verified for ``token`` before, while what verified it still holds."""
+        cached = self._cache.get(token)
+        if cached is not None and cached[1] is not None and not cached[1].held():
+            del self._cache[token]  # the issuer's keys changed or aged out: verify it again
+            return None
+        return cached[0] if cached is not None else None
 
     def verify_now(self, token: str) -> Principal | None:
         """``verify`` without waiting, for a token verified before whose agent is in the registry
         snapshot: its principal, or the error ``verify`` would raise. None when only ``verify`` can
         tell (a token not in the cache, an external issuer's key set to look at again, an agent
         to read from the registry): then await that."""
-        cached = self._cache.get(token)
-        if cached is None or (cached[1] is not None and not cached[1].held()):
-            return None
-        principal = cached[0]
-        return principal if self.check_live_now(principal) else None
+        principal = self._cached(token)
+        return principal if principal is not None and self.check_live_now(principal) else None
 
     async def _verify_uncached(self, token: str) -> tuple[Principal, _HeldKey | None]:
         self.verifications += 1

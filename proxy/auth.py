@@ -32,6 +32,12 @@ log = logging.getLogger("wardgate.proxy")
 PROXY_HEADERS = ("proxy-authorization", "proxy-connection")
 
 
+def drop_proxy_headers(flow: http.HTTPFlow) -> None:
+    """Proxy credentials and hop-by-hop proxy headers never go upstream."""
+    for name in PROXY_HEADERS:
+        flow.request.headers.pop(name, None)
+
+
 class ProxyAuth:
     def __init__(
         self,
@@ -57,13 +63,17 @@ class ProxyAuth:
         """The mitmproxy Proxyserver addon, whose connection handlers can close a client."""
         self._proxyserver = proxyserver
 
-    async def _authenticate(self, flow: http.HTTPFlow) -> Principal | None:
+    @staticmethod
+    def _token(flow: http.HTTPFlow) -> str:
+        """The token in ``Proxy-Authorization`` (or the error saying why there is none); the proxy
+        headers are removed before anything is forwarded, whichever it is."""
         header = flow.request.headers.get("proxy-authorization")
-        for name in PROXY_HEADERS:
-            flow.request.headers.pop(name, None)
+        drop_proxy_headers(flow)
+        return token_from_proxy_authorization(header)
+
+    async def _authenticate(self, flow: http.HTTPFlow) -> Principal | None:
         try:
-            token = token_from_proxy_authorization(header)
-            return await self._verifier.verify(token)
+            return await self._verifier.verify(self._token(flow))
         except WardgateError as error:  # 407 identity, or 503 revocation_unavailable
             await refuse(flow, error, self._audit, self._audit_timeout)
             return None
@@ -81,11 +91,8 @@ class ProxyAuth:
         call = call_of(flow)
         bound = self._bound.get(flow.client_conn.id)
         if bound is None:
-            header = flow.request.headers.get("proxy-authorization")
-            for name in PROXY_HEADERS:
-                flow.request.headers.pop(name, None)
             try:
-                token = token_from_proxy_authorization(header)
+                token = self._token(flow)
                 principal = self._verifier.verify_now(token)
             except WardgateError as error:  # 407 identity, or 503 revocation_unavailable
                 return self._refused(flow, error)
@@ -93,8 +100,7 @@ class ProxyAuth:
                 return self._verify(flow, token)
             call.principal = self._live[flow.client_conn.id] = principal
             return None
-        for name in PROXY_HEADERS:
-            flow.request.headers.pop(name, None)
+        drop_proxy_headers(flow)
         call.principal = bound
         try:
             if self._verifier.check_live_now(bound):

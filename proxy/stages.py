@@ -23,7 +23,7 @@ from wardgate.gateway.identity import Principal
 from wardgate.gateway.policy import Decision
 
 from .audit_trail import AuditTrail
-from .auth import PROXY_HEADERS, ProxyAuth
+from .auth import ProxyAuth, drop_proxy_headers
 from .call import call_of
 from .egress import EgressPolicy
 from .inject import CredentialBinding, CredentialInjector
@@ -47,8 +47,7 @@ class UnverifiedIdentity:
 
     def _principal(self, flow: http.HTTPFlow) -> Principal | None:
         header = flow.request.headers.get("proxy-authorization", "")
-        for name in PROXY_HEADERS:
-            flow.request.headers.pop(name, None)
+        drop_proxy_headers(flow)
         if header in self._read:
             return self._read[header]
         if len(self._read) >= 1024:
