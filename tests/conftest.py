@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -22,6 +22,7 @@ from support import (
     start_gateway_on_opa,
     write_tenant_policy,
 )
+from wardgate.gateway.audit_writer import AuditWriter
 
 # The make targets put the pinned OPA here; tests run straight from pytest find it too.
 os.environ["PATH"] = f"{REPO / '.bin'}{os.pathsep}{os.environ.get('PATH', '')}"
@@ -101,3 +102,12 @@ def gateway_on_external_opa(
     gw = start_gateway_on_opa(tmp_path, external_opa, upstream_ca_file)
     yield gw
     gw.stop()
+
+
+@pytest.fixture
+async def audit_writer(tmp_path: Path) -> AsyncIterator[AuditWriter]:
+    """A real audit writer: its thread, SQLite at ``tmp_path / "audit.db"``."""
+    writer = AuditWriter(tmp_path / "audit.db", busy_timeout=0.1)
+    writer.start()
+    yield writer
+    await writer.stop()

@@ -11,11 +11,9 @@ from __future__ import annotations
 import asyncio
 import gc
 import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from mitmproxy.test import tflow
 
 from wardgate.gateway.audit import AuditRecord
@@ -38,16 +36,8 @@ def kinds(db: Path, call_id: str) -> list[str]:
         return [row[0] for row in conn.execute("SELECT kind FROM audit_records WHERE call_id = ? ORDER BY seq", (call_id,))]
 
 
-@pytest.fixture
-async def writer(tmp_path: Path) -> AsyncIterator[AuditWriter]:
-    audit = AuditWriter(tmp_path / "audit.db", busy_timeout=0.1)
-    audit.start()
-    yield audit
-    await audit.stop()
-
-
-async def test_the_intent_is_sent_on_the_head_and_waited_for_before_the_call_leaves(writer: AuditWriter, tmp_path: Path) -> None:
-    intents = IntentRecord(writer, 5.0)
+async def test_the_intent_is_sent_on_the_head_and_waited_for_before_the_call_leaves(audit_writer: AuditWriter, tmp_path: Path) -> None:
+    intents = IntentRecord(audit_writer, 5.0)
     flow = judged_flow()
     call = call_of(flow)
     assert intents.requestheaders(flow) is None  # nothing to wait for on the head
@@ -61,11 +51,11 @@ async def test_the_intent_is_sent_on_the_head_and_waited_for_before_the_call_lea
     assert leaving is not None and call.forwarded_at is None  # may not leave until the wait is over
     await leaving
     assert call.forwarded_at is not None and flow.response is None
-    assert writer.metrics.stages["audit_commit"].n == 1  # the wait is what the commit metric measures
+    assert audit_writer.metrics.stages["audit_commit"].n == 1  # the wait is what the commit metric measures
 
 
-async def test_a_denied_call_sends_no_intent(writer: AuditWriter, tmp_path: Path) -> None:
-    intents = IntentRecord(writer, 5.0)
+async def test_a_denied_call_sends_no_intent(audit_writer: AuditWriter, tmp_path: Path) -> None:
+    intents = IntentRecord(audit_writer, 5.0)
     flow = judged_flow()
     call_of(flow).decision = Decision(allow=False, reasons=["denied"])
     assert intents.requestheaders(flow) is None and intents.request(flow) is None
@@ -83,11 +73,11 @@ async def test_with_the_writer_down_the_call_is_refused_on_its_head() -> None:
     assert call_of(flow).forwarded_at is None
 
 
-async def test_the_deadline_counts_from_sending_the_intent(writer: AuditWriter, tmp_path: Path) -> None:
+async def test_the_deadline_counts_from_sending_the_intent(audit_writer: AuditWriter, tmp_path: Path) -> None:
     lock = sqlite3.connect(tmp_path / "audit.db", isolation_level=None)
     lock.execute("BEGIN EXCLUSIVE")  # the store cannot take the intent
     try:
-        intents = IntentRecord(writer, 0.2)
+        intents = IntentRecord(audit_writer, 0.2)
         flow = judged_flow()
         assert intents.requestheaders(flow) is None
         await asyncio.sleep(0.6)  # the body takes longer than the whole commit timeout

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,14 +47,6 @@ class Identity:
 
 
 @pytest.fixture
-async def audit(tmp_path: Path) -> AsyncIterator[AuditWriter]:
-    writer = AuditWriter(tmp_path / "audit.db", busy_timeout=0.1)
-    writer.start()
-    yield writer
-    await writer.stop()
-
-
-@pytest.fixture
 def identity(tmp_path: Path) -> Iterator[Identity]:
     found = Identity(tmp_path)
     yield found
@@ -68,8 +60,8 @@ def plain_flow(token: str, url: str = "http://127.0.0.1:8080/x") -> Any:
     return flow
 
 
-async def test_a_token_verified_before_is_checked_without_waiting(audit: AuditWriter, identity: Identity) -> None:
-    auth = ProxyAuth(identity.verifier, audit, 5.0)
+async def test_a_token_verified_before_is_checked_without_waiting(audit_writer: AuditWriter, identity: Identity) -> None:
+    auth = ProxyAuth(identity.verifier, audit_writer, 5.0)
     await identity.directory.refresh()
     token = identity.token()
     first = plain_flow(token)
@@ -85,8 +77,8 @@ async def test_a_token_verified_before_is_checked_without_waiting(audit: AuditWr
     assert "proxy-authorization" not in again.request.headers
 
 
-async def test_an_agent_not_in_the_snapshot_is_read_from_the_registry(audit: AuditWriter, identity: Identity) -> None:
-    auth = ProxyAuth(identity.verifier, audit, 5.0)
+async def test_an_agent_not_in_the_snapshot_is_read_from_the_registry(audit_writer: AuditWriter, identity: Identity) -> None:
+    auth = ProxyAuth(identity.verifier, audit_writer, 5.0)
     await identity.directory.refresh()
     token = identity.token()
     await auth.requestheaders(plain_flow(token))  # type: ignore[misc]
@@ -97,8 +89,8 @@ async def test_an_agent_not_in_the_snapshot_is_read_from_the_registry(audit: Aud
     assert auth.requestheaders(flow) is None and call_of(flow).principal is not None
 
 
-async def test_a_refusal_still_waits_for_its_record(audit: AuditWriter, identity: Identity, tmp_path: Path) -> None:
-    auth = ProxyAuth(identity.verifier, audit, 5.0)
+async def test_a_refusal_still_waits_for_its_record(audit_writer: AuditWriter, identity: Identity, tmp_path: Path) -> None:
+    auth = ProxyAuth(identity.verifier, audit_writer, 5.0)
     await identity.directory.refresh()
     token = identity.token(ttl=1)
     await auth.requestheaders(plain_flow(token))  # type: ignore[misc]  # verified and cached while live
@@ -124,9 +116,9 @@ async def test_a_refusal_still_waits_for_its_record(audit: AuditWriter, identity
     assert refusal == ("bot", "identity_revoked") and call_of(bound).principal is None
 
 
-async def test_a_destination_resolved_before_is_pinned_without_waiting(audit: AuditWriter) -> None:
+async def test_a_destination_resolved_before_is_pinned_without_waiting(audit_writer: AuditWriter) -> None:
     guard = DestinationGuard(allow_ranges=["127.0.0.0/8", "::1/128"])
-    pin = DestinationPin(guard, audit, 5.0)
+    pin = DestinationPin(guard, audit_writer, 5.0)
 
     def judged(url: str) -> Any:
         flow = tflow.tflow()
@@ -163,12 +155,12 @@ def opa(opa_binary: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[O
     server.kill()
 
 
-async def test_a_decision_given_before_is_reused_without_waiting(audit: AuditWriter, identity: Identity, opa: OpaServer) -> None:
+async def test_a_decision_given_before_is_reused_without_waiting(audit_writer: AuditWriter, identity: Identity, opa: OpaServer) -> None:
     await identity.directory.refresh()
     principal = await identity.verifier.verify(identity.token())
     async with PolicyClient(opa.url, "wardgate/test/decision", 5.0, cache_size=16) as client:
         client.cache.scope((("request", "method"),))  # what the policy reads (gateway/decision_cache.py)
-        egress = EgressPolicy(client, audit, 5.0)
+        egress = EgressPolicy(client, audit_writer, 5.0)
 
         def identified(method: str) -> Any:
             flow = tflow.tflow()
