@@ -39,7 +39,7 @@ from wardgate.gateway.revoker import Revoker
 from wardgate.gateway.settings import Settings
 from yarl import URL
 
-from . import inline_hooks, large_responses, lookups, protocol_errors, stages, upstream_timeout, websocket_frames, websocket_limits
+from . import inline_hooks, large_responses, protocol_errors, shortcuts, stages, upstream_timeout, websocket_frames, websocket_limits
 from .agent_counts import SharedCounts
 from .approval import ApprovalGate
 from .audit_trail import AuditTrail
@@ -269,7 +269,7 @@ async def serve(
             guard.allow_exactly(host, int(port))
         protocol_errors.install()
         inline_hooks.install()
-        lookups.install()
+        shortcuts.install()
         if workers > 1 or worker_of is not None:
             listen_with_reuse_port()
         idempotency_store = IdempotencyStore(settings.home / "idempotency.db")

@@ -1,4 +1,4 @@
-"""proxy/lookups.py answers exactly as mitmproxy does: header access and host validation."""
+"""proxy/shortcuts.py answers exactly as mitmproxy does: header access, host validation, a stream's context."""
 
 from __future__ import annotations
 
@@ -8,20 +8,21 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from mitmproxy import http
+from mitmproxy import connection, http, options
 from mitmproxy.coretypes import multidict
 from mitmproxy.net import check
 from mitmproxy.net.http import url
+from mitmproxy.proxy.context import Context
 
-from wardgate.proxy import lookups
+from wardgate.proxy import shortcuts
 
-lookups.install()
+shortcuts.install()
 
 
 class MitmproxyHeaders(http.Headers):  # type: ignore[misc]
     """Headers with mitmproxy's own lookups, whatever install() did to the class."""
 
-    get_all = lookups.MITMPROXY_GET_ALL
+    get_all = shortcuts.MITMPROXY_GET_ALL
     get = Mapping.get
     __getitem__ = multidict._MultiDict.__getitem__
     __contains__ = Mapping.__contains__
@@ -61,12 +62,13 @@ def test_a_key_that_is_not_text_fails_as_in_mitmproxy(key: Any) -> None:
 
 
 def test_install_replaces_the_lookups_once() -> None:
-    lookups.install()
-    assert http.Headers.get is lookups.get and http.Headers.__getitem__ is lookups.getitem
-    assert http.Headers.__contains__ is lookups.contains and http.Headers.get_all is lookups.get_all
+    shortcuts.install()
+    assert http.Headers.get is shortcuts.get and http.Headers.__getitem__ is shortcuts.getitem
+    assert http.Headers.__contains__ is shortcuts.contains and http.Headers.get_all is shortcuts.get_all
     assert check.is_valid_host is url.is_valid_host
-    assert check.is_valid_host.__wrapped__ is lookups.MITMPROXY_IS_VALID_HOST  # type: ignore[attr-defined]
-    assert check.is_valid_host.cache_info().maxsize == lookups.HOSTS_REMEMBERED  # type: ignore[attr-defined]
+    assert check.is_valid_host.__wrapped__ is shortcuts.MITMPROXY_IS_VALID_HOST  # type: ignore[attr-defined]
+    assert check.is_valid_host.cache_info().maxsize == shortcuts.HOSTS_REMEMBERED  # type: ignore[attr-defined]
+    assert Context.fork is shortcuts.fork
 
 
 HOSTS = ["example.com", "EXAMPLE.com.", "a_b.example", "127.0.0.1", "::1", "[::1]", "xn--caf-dma.example",
@@ -83,7 +85,7 @@ def test_remembered_host_validation_answers_as_mitmproxy_does(host: str | bytes)
         except Exception as exc:  # noqa: BLE001 - the error's type is part of the answer
             return type(exc)
 
-    expected = outcome(lookups.MITMPROXY_IS_VALID_HOST)
+    expected = outcome(shortcuts.MITMPROXY_IS_VALID_HOST)
     assert outcome(check.is_valid_host) == expected
     assert outcome(check.is_valid_host) == expected  # the second answer comes from the cache
 
@@ -95,3 +97,18 @@ def test_parsed_requests_still_refuse_invalid_hosts() -> None:
     assert url.parse_authority("example.com:443", check=True) == ("example.com", 443)
     with pytest.raises(ValueError):
         url.parse_authority("exa mple.com:443", check=True)
+
+
+def test_a_forked_context_is_the_one_mitmproxy_forks() -> None:
+    client = connection.Client(peername=("127.0.0.1", 50000), sockname=("127.0.0.1", 8080), timestamp_start=0)
+    context = Context(client, options.Options())
+    context.server = connection.Server(address=("example.com", 443))
+    context.layers = [object(), object()]
+    ours, theirs = context.fork(), shortcuts.MITMPROXY_FORK(context)
+    for copy in (ours, theirs):
+        assert type(copy) is Context
+        assert copy.client is client and copy.options is context.options and copy.server is context.server
+        assert copy.layers == context.layers and copy.layers is not context.layers
+    assert vars(ours).keys() == vars(theirs).keys()
+    ours.layers.append(object())
+    assert len(context.layers) == 2
