@@ -9,8 +9,10 @@
   ``__getitem__`` and ``__contains__`` give the same answers, and raise the same errors, in one
   frame each.
 - **Host validation.** ``is_valid_host`` (IDNA round trip, a regular expression per label, then an
-  ``ipaddress`` parse) runs on every request's target; its answer depends on the host alone, so
-  the answers for the most recent hosts are kept (a bounded cache: agents choose hosts).
+  ``ipaddress`` parse) runs on every request's target, before any check of who sent it; its answer
+  depends on the host alone, so the answers for the last 4,096 hosts are kept. Only hosts of at
+  most 255 characters (longer ones are never valid) are remembered, so whatever a client sends, the
+  cache holds at most about 4 MB.
 - **A stream's context.** Every request gets a copy of its connection's layer context
   (``Context.fork``), which first built a new ``Server`` (a uuid4 and a dataclass whose every
   attribute assignment is checked; 20 µs) only to replace it with the connection's own. Here the
@@ -32,6 +34,7 @@ from mitmproxy.proxy.context import Context
 from mitmproxy.utils.strutils import always_bytes
 
 HOSTS_REMEMBERED = 4096
+LONGEST_REMEMBERED_HOST = 255  # characters; a valid host name has at most 255 bytes
 # mitmproxy's own, kept for the tests that compare answers.
 MITMPROXY_GET_ALL = http.Headers.get_all
 MITMPROXY_IS_VALID_HOST = check.is_valid_host
@@ -74,6 +77,18 @@ def contains(self: http.Headers, key: object) -> bool:
     return False
 
 
+@functools.lru_cache(maxsize=HOSTS_REMEMBERED)
+def remembered_host_check(host: str | bytes) -> bool:
+    return MITMPROXY_IS_VALID_HOST(host)  # type: ignore[no-any-return]
+
+
+def is_valid_host(host: str | bytes) -> bool:
+    """mitmproxy's ``is_valid_host``, remembered for short hosts (anything else is asked afresh)."""
+    if (host.__class__ is str or host.__class__ is bytes) and len(host) <= LONGEST_REMEMBERED_HOST:
+        return remembered_host_check(host)
+    return MITMPROXY_IS_VALID_HOST(host)  # type: ignore[no-any-return]
+
+
 def fork(self: Context) -> Context:
     """``Context.fork``: the same client, options and server, a copy of the layer list."""
     copy = Context.__new__(Context)
@@ -88,8 +103,6 @@ def install() -> None:
     headers.get = get  # type: ignore[method-assign]
     headers.__getitem__ = getitem  # type: ignore[method-assign]
     headers.__contains__ = contains  # type: ignore[method-assign]
-    if check.is_valid_host is MITMPROXY_IS_VALID_HOST:
-        remembered = functools.lru_cache(maxsize=HOSTS_REMEMBERED)(MITMPROXY_IS_VALID_HOST)
-        check.is_valid_host = remembered
-        url.is_valid_host = remembered  # type: ignore[attr-defined]
+    check.is_valid_host = is_valid_host
+    url.is_valid_host = is_valid_host  # type: ignore[attr-defined]
     Context.fork = fork  # type: ignore[method-assign]

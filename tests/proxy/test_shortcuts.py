@@ -65,16 +65,15 @@ def test_install_replaces_the_lookups_once() -> None:
     shortcuts.install()
     assert http.Headers.get is shortcuts.get and http.Headers.__getitem__ is shortcuts.getitem
     assert http.Headers.__contains__ is shortcuts.contains and http.Headers.get_all is shortcuts.get_all
-    assert check.is_valid_host is url.is_valid_host
-    assert check.is_valid_host.__wrapped__ is shortcuts.MITMPROXY_IS_VALID_HOST  # type: ignore[attr-defined]
-    assert check.is_valid_host.cache_info().maxsize == shortcuts.HOSTS_REMEMBERED  # type: ignore[attr-defined]
+    assert check.is_valid_host is shortcuts.is_valid_host and url.is_valid_host is shortcuts.is_valid_host
+    assert shortcuts.remembered_host_check.cache_info().maxsize == shortcuts.HOSTS_REMEMBERED
     assert Context.fork is shortcuts.fork
 
 
 HOSTS = ["example.com", "EXAMPLE.com.", "a_b.example", "127.0.0.1", "::1", "[::1]", "xn--caf-dma.example",
          "café.example", b"caf\xc3\xa9.example", b"example.com", "", ".", "a..b", "-a.example",
          "a" * 64 + ".example", ("a" * 63 + ".") * 4 + "a", "256.0.0.1", "exa mple.com", "\udcff.example",
-         b"\xff.example", "1.2.3.4.5"]
+         b"\xff.example", "1.2.3.4.5", None, 3, bytearray(b"example.com"), "a." * 200, b"b" * 300]
 
 
 @pytest.mark.parametrize("host", HOSTS)
@@ -88,6 +87,18 @@ def test_remembered_host_validation_answers_as_mitmproxy_does(host: str | bytes)
     expected = outcome(shortcuts.MITMPROXY_IS_VALID_HOST)
     assert outcome(check.is_valid_host) == expected
     assert outcome(check.is_valid_host) == expected  # the second answer comes from the cache
+
+
+def test_only_short_hosts_are_remembered() -> None:
+    """A client chooses the hosts it sends, before any check of who it is: what is kept stays small."""
+    remembered = shortcuts.remembered_host_check
+    remembered.cache_clear()
+    assert check.is_valid_host("short.example") and remembered.cache_info().currsize == 1
+    assert not check.is_valid_host("x" * 70_000) and not check.is_valid_host(b"y" * 256)
+    assert remembered.cache_info().currsize == 1
+    for number in range(shortcuts.HOSTS_REMEMBERED + 50):
+        check.is_valid_host(f"host-{number}.example")
+    assert remembered.cache_info().currsize == shortcuts.HOSTS_REMEMBERED
 
 
 def test_parsed_requests_still_refuse_invalid_hosts() -> None:
