@@ -62,11 +62,10 @@ def get(self: http.Headers, key: str | bytes, default: Any = None) -> Any:
 
 
 def getitem(self: http.Headers, key: str | bytes) -> str:
-    name = _key(key)
-    values = [value for field, value in self.fields if field.lower() == name]
-    if not values:
+    found = get(self, key)
+    if found is None:
         raise KeyError(key)
-    return b", ".join(values).decode("utf-8", "surrogateescape")
+    return found  # type: ignore[no-any-return]
 
 
 def contains(self: http.Headers, key: object) -> bool:
